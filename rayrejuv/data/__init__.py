@@ -1,0 +1,1 @@
+"""Datasets read by the commands (jsonl files)."""

@@ -1,0 +1,1 @@
+"""Checkpoint IO: lazy per-tensor reads, streaming safetensors writes, atomic output directories."""

@@ -1,0 +1,156 @@
+"""Write a checkpoint atomically: plan shards, stream tensors into them, verify, rename into place."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rayrejuv.errors import RejuvError
+from rayrejuv.io.checkpoint import SAFETENSORS_INDEX, WEIGHT_FILE_SUFFIXES, WEIGHT_INDEX_FILES
+from rayrejuv.io.safetensors_format import TensorMeta, encode_header, tensor_bytes
+
+MANIFEST = "checksums.json"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    file: str  # e.g. "model-00001-of-00003.safetensors"
+    entries: tuple[tuple[str, TensorMeta], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for _, m in self.entries)
+
+
+def plan_shards(entries: list[tuple[str, TensorMeta]], max_shard_bytes: int) -> list[ShardPlan]:
+    """Greedy packing in the given order: a shard closes before it would exceed the limit."""
+    groups: list[list[tuple[str, TensorMeta]]] = [[]]
+    size = 0
+    for name, meta in entries:
+        if groups[-1] and size + meta.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, meta))
+        size += meta.nbytes
+    n = len(groups)
+    if n == 1:
+        return [ShardPlan("model.safetensors", tuple(groups[0]))]
+    return [ShardPlan(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)]
+
+
+class ShardWriter:
+    """Streams the tensors of one planned shard, in plan order, hashing as it writes."""
+
+    def __init__(self, directory: Path, plan: ShardPlan):
+        self.plan = plan
+        self.path = directory / plan.file
+        self._next = 0
+        self.checksums: dict[str, str] = {}
+        self._f = open(self.path, "wb")
+        self._f.write(encode_header(list(plan.entries), {"format": "pt"}))
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected_name, meta = self.plan.entries[self._next]
+        if name != expected_name or tensor.dtype != meta.dtype or tuple(tensor.shape) != meta.shape:
+            raise RuntimeError(
+                f"shard {self.plan.file}: got {name} {tensor.dtype} {tuple(tensor.shape)}, "
+                f"planned {expected_name} {meta.dtype} {meta.shape}"
+            )
+        data = tensor_bytes(tensor)
+        self._f.write(data)
+        self.checksums[name] = hashlib.sha256(data).hexdigest()
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self.plan.entries):
+            raise RuntimeError(f"shard {self.plan.file}: wrote {self._next} of {len(self.plan.entries)} tensors")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+def write_index(directory: Path, plans: list[ShardPlan]) -> None:
+    if len(plans) == 1 and plans[0].file == "model.safetensors":
+        return
+    index = {
+        "metadata": {"total_size": sum(p.nbytes for p in plans)},
+        "weight_map": {name: p.file for p in plans for name, _ in p.entries},
+    }
+    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
+
+
+def write_manifest(directory: Path, checksums: dict[str, str]) -> None:
+    """sha256 of every tensor's bytes (hashed while streaming) and the size of every file."""
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps({"tensors": checksums, "file_bytes": files}, indent=2))
+
+
+def copy_side_files(src: Path, dst: Path, skip: set[str]) -> list[str]:
+    """Copy tokenizer, generation config and other non-weight files of a checkpoint."""
+    copied = []
+    for p in sorted(src.iterdir()):
+        if not p.is_file() or p.name in skip or p.name in WEIGHT_INDEX_FILES or p.suffix in WEIGHT_FILE_SUFFIXES:
+            continue
+        shutil.copy2(p, dst / p.name)
+        copied.append(p.name)
+    return copied
+
+
+@dataclass
+class AtomicDir:
+    """A temporary sibling of `target` that becomes `target` only on commit().
+
+    On any exception inside the `with` block the temporary directory is removed and the
+    target is left exactly as it was.
+    """
+
+    target: Path
+    overwrite: bool = False
+    tmp: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.target = Path(self.target).absolute()
+        if self.target.exists() and not self.overwrite:
+            raise RejuvError(f"output directory {self.target} already exists; pass --overwrite or choose another --out")
+        if self.target.exists() and not self.target.is_dir():
+            raise RejuvError(f"output path {self.target} exists and is not a directory; choose another --out")
+
+    def __enter__(self) -> "AtomicDir":
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.target.parent / f".{self.target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        return self
+
+    def require_free_bytes(self, nbytes: int) -> None:
+        free = shutil.disk_usage(self.tmp).free
+        if free < nbytes:
+            raise RejuvError(
+                f"not enough disk space for the output: {nbytes / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free "
+                f"under {self.target.parent}; free space or choose --out on another disk"
+            )
+
+    def commit(self) -> None:
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.target, old)
+        os.rename(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise RejuvError(
+                f"disk full while writing {self.target} (nothing was written there); free space or choose "
+                "--out on another disk"
+            ) from None

@@ -1,0 +1,100 @@
+"""A global numbering of neurons across layers and modules, and the reset set built on it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from rayrejuv.arch import ArchSpec, Axis, NeuronKind
+
+
+@dataclass(frozen=True)
+class NeuronBlock:
+    layer: int
+    kind: NeuronKind
+    offset: int  # first global index of this block
+    size: int
+
+
+class NeuronIndex:
+    """Blocks in (layer, kind) order; global index = block.offset + local index."""
+
+    def __init__(self, spec: ArchSpec, num_layers: int, weight_shape):
+        """`weight_shape(name) -> tuple` gives the shape of a weight tensor by name."""
+        self.spec = spec
+        self.blocks: list[NeuronBlock] = []
+        offset = 0
+        for layer in range(num_layers):
+            for kind in spec.neuron_kinds:
+                shape = weight_shape(spec.weight_name(layer, kind))
+                size = shape[0] if kind.axis is Axis.ROW else shape[1]
+                self.blocks.append(NeuronBlock(layer, kind, offset, size))
+                offset += size
+        self.total = offset
+
+    def split(self, global_index: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+        """Global indices -> {(layer, kind name): sorted local indices}, empty blocks omitted."""
+        global_index = global_index.sort().values
+        out = {}
+        for b in self.blocks:
+            lo = torch.searchsorted(global_index, b.offset)
+            hi = torch.searchsorted(global_index, b.offset + b.size)
+            if hi > lo:
+                out[(b.layer, b.kind.name)] = global_index[lo:hi] - b.offset
+        return out
+
+
+@dataclass
+class ResetSet:
+    """The neurons to reset: {(layer, kind name): local indices} with their selection scores.
+
+    The one object passed from attribution to the tensor writers (in process or on Ray actors).
+    """
+
+    indices: dict[tuple[int, str], torch.Tensor]
+    scores: dict[tuple[int, str], torch.Tensor]
+    num_neurons: int
+
+    @classmethod
+    def empty(cls, num_neurons: int = 0) -> "ResetSet":
+        return cls({}, {}, num_neurons)
+
+    @classmethod
+    def from_global(cls, index: NeuronIndex, selected: torch.Tensor, score: torch.Tensor) -> "ResetSet":
+        """selected (S,) global indices; score (M,) the relevance each neuron was ranked by."""
+        local = index.split(selected)
+        offsets = {(b.layer, b.kind.name): b.offset for b in index.blocks}
+        scores = {key: score[idx + offsets[key]].detach().cpu() for key, idx in local.items()}
+        return cls({k: v.cpu() for k, v in local.items()}, scores, index.total)
+
+    def for_tensor(self, layer: int | None, kind: NeuronKind | None) -> torch.Tensor | None:
+        if layer is None or kind is None:
+            return None
+        return self.indices.get((layer, kind.name))
+
+    @property
+    def size(self) -> int:
+        return sum(int(v.numel()) for v in self.indices.values())
+
+    def count_by_kind(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for (_, kind), idx in self.indices.items():
+            c[kind] += int(idx.numel())
+        return dict(c)
+
+    def count_by_layer(self) -> dict[int, int]:
+        c: Counter[int] = Counter()
+        for (layer, _), idx in self.indices.items():
+            c[layer] += int(idx.numel())
+        return dict(sorted(c.items()))
+
+    def records(self) -> list[dict]:
+        """Every reset neuron as {layer, module, index, score}, highest score first."""
+        rows = [
+            {"layer": layer, "module": kind, "index": int(i), "score": float(s)}
+            for (layer, kind), idx in self.indices.items()
+            for i, s in zip(idx.tolist(), self.scores[(layer, kind)].tolist())
+        ]
+        return sorted(rows, key=lambda r: -r["score"])

@@ -1,0 +1,1 @@
+"""Running Hugging Face models: loading, teacher-forced passes, attribution hooks."""

@@ -1,0 +1,48 @@
+"""Load a checkpoint as a transformers model or tokenizer, the same way for tiny and real models."""
+
+from __future__ import annotations
+
+import torch
+
+from rayrejuv.errors import RejuvError
+from rayrejuv.io.checkpoint import Checkpoint
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RejuvError(f"--device {device} requested but CUDA is not available here; use --device cpu")
+    return d
+
+
+def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device):
+    """An eval-mode causal LM with frozen parameters (attribution differentiates activations only)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        ckpt.path, dtype=dtype, local_files_only=True, use_safetensors=not ckpt.is_pickle
+    )
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def load_tokenizer(ckpt: Checkpoint):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
+    except Exception as e:
+        raise RejuvError(
+            f"{ckpt.role} checkpoint {ckpt.path} has no usable tokenizer ({type(e).__name__}); "
+            "the targeted reset tokenizes the calibration set: save the tokenizer beside the weights"
+        ) from None
+    return tok
+
+
+def pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0

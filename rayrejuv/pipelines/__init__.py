@@ -1,0 +1,1 @@
+"""Drivers that read like the algorithm."""

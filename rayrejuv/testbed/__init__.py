@@ -1,0 +1,1 @@
+"""Tiny, locally built models, tokenizers and tasks (nothing is downloaded)."""

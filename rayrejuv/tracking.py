@@ -1,0 +1,69 @@
+"""MLflow helpers: one run per command, resolved config as params, sanitised metric names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rayrejuv.config import TrackingConfig
+
+_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def sanitize(name: str) -> str:
+    """MLflow rejects characters such as '(' or ':' in keys."""
+    return _BAD.sub("_", name)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class Run:
+    """A handle on the active MLflow run, or a no-op when tracking is disabled."""
+
+    def __init__(self, mlflow_module=None):
+        self._mlflow = mlflow_module
+
+    @property
+    def run_id(self) -> str | None:
+        if self._mlflow is None:
+            return None
+        return self._mlflow.active_run().info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self._mlflow is not None:
+            flat = {sanitize(k): str(v)[:6000] for k, v in flatten(params).items()}
+            self._mlflow.log_params(flat)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({sanitize(k): float(v) for k, v in flatten(metrics).items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+@contextmanager
+def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False) -> Iterator[Run]:
+    if not cfg.enabled:
+        yield Run(None)
+        return
+    import mlflow
+
+    if cfg.uri is not None:
+        mlflow.set_tracking_uri(cfg.uri)
+    mlflow.set_experiment(cfg.experiment)
+    with mlflow.start_run(run_name=run_name, nested=nested):
+        yield Run(mlflow)
