@@ -41,6 +41,7 @@ MERGEKIT_FLAGS = ("--no-copy-tokenizer",)
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TARGET_WALL_RATIO_VS_MERGEKIT = 0.5
 TARGET_PEAK_RSS_GB = 1.5
+OTHER_CPU_WARNING = 0.10  # warn when other processes used more of the CPUs than this
 GB = 1e9  # decimal gigabytes throughout
 
 
@@ -160,6 +161,9 @@ def subprocess_env() -> dict[str, str]:
 
 
 def package_versions(python: Path, packages: list[str]) -> dict[str, str]:
+    """Installed versions of ``packages`` in the environment of ``python`` (best effort)."""
+    if not python.exists():
+        return {}
     code = ("import importlib.metadata as m, json, sys\n"
             "out = {}\n"
             "for p in sys.argv[1:]:\n"
@@ -226,12 +230,19 @@ def run_repeats(commands: dict[str, list[str]], outputs: dict[str, Path], inputs
     return runs
 
 
+def other_cpu_share(m: proc_measure.Measurement) -> float:
+    """Fraction of the machine's CPU capacity used by other processes during a run."""
+    return m.other_cpu_s / (m.wall_s * os.cpu_count())
+
+
 def summarize(runs: list[proc_measure.Measurement]) -> dict:
     walls = [r.wall_s for r in runs]
     return {
         "wall_s_median": statistics.median(walls),
         "wall_s_min": min(walls),
         "wall_s_all": walls,
+        "cpu_s_median": statistics.median(r.cpu_s for r in runs),
+        "other_cpu_share_max": max(other_cpu_share(r) for r in runs),
         "peak_rss_gb": max(r.peak_rss_bytes for r in runs) / GB,
         "peak_tree_rss_gb": max(r.peak_tree_rss_bytes for r in runs) / GB,
         "peak_tree_anon_gb": max(r.peak_tree_anon_bytes for r in runs) / GB,
@@ -292,13 +303,14 @@ def format_report(record: dict) -> str:
         f"alpha={settings['alpha']}  cpus={record['machine']['cpus']}",
         "",
         f"{'command':<10} {'wall s':>8} {'peak RSS GB':>12} {'anon GB':>8} "
-        f"{'1-proc GB':>10}",
+        f"{'1-proc GB':>10} {'CPU s':>7} {'other CPU':>10}",
     ]
     for tool in TOOLS:
         if tool in summary:
             s = summary[tool]
             lines.append(f"{tool:<10} {s['wall_s_median']:>8.2f} {s['peak_rss_gb']:>12.2f} "
-                         f"{s['peak_tree_anon_gb']:>8.2f} {s['max_single_rss_gb']:>10.2f}")
+                         f"{s['peak_tree_anon_gb']:>8.2f} {s['max_single_rss_gb']:>10.2f} "
+                         f"{s['cpu_s_median']:>7.1f} {s['other_cpu_share_max']:>9.0%}")
     r = record["ratios"]
     lines.append("")
     if "rayrejuv_over_mergekit_wall" in r:
@@ -320,13 +332,20 @@ def format_report(record: dict) -> str:
             f"{len(c['tensors_beyond_tolerance'])}, elements different="
             f"{c['elements_different']}/{c['elements_compared']}, "
             f"max|diff|={c['max_abs_diff']:.3g}")
+    busy = [t for t, s in summary.items() if s["other_cpu_share_max"] > OTHER_CPU_WARNING]
+    if busy:
+        lines += ["", f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
+                      f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
+                      "machine."]
     lines += [
         "",
         "wall s: median over repeats.  peak RSS GB: max over repeats of max(summed RSS of "
         "the process tree sampled every "
         f"{settings['poll_interval_s'] * 1000:.0f} ms, kernel ru_maxrss).  anon GB: the "
         "sampled tree sum without file-backed/shared pages.  1-proc GB: kernel ru_maxrss "
-        "(largest single process).  GB = 1e9 bytes.",
+        "(largest single process).  GB = 1e9 bytes.  CPU s: user+system "
+        "time of the command's process tree.  other CPU: max share of all CPUs used by "
+        "other processes during the run.",
     ]
     return "\n".join(lines)
 

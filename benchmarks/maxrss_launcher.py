@@ -7,10 +7,10 @@ forked straight from the (large) benchmark process would inherit the benchmark's
 as its ``ru_maxrss``. Forking from this launcher instead, which imports nothing but
 ``os``/``sys``/``json``/``time`` (~10 MB), keeps that inherited floor negligible.
 
-RESULT_JSON receives ``{"returncode", "wall_s", "ru_maxrss_kib"}``, where wall time
-runs from just before fork to the reaping of the child, and ``ru_maxrss_kib`` is the
-largest RSS of the command or any descendant it reaped (a max over single processes,
-not a sum).
+RESULT_JSON receives ``{"returncode", "wall_s", "cpu_s", "ru_maxrss_kib"}``: wall
+time runs from just before fork to the reaping of the child; ``cpu_s`` (user + system)
+and ``ru_maxrss_kib`` cover the command and every descendant it reaped, the latter
+being the largest RSS of any one of them (a max over single processes, not a sum).
 """
 
 import json
@@ -37,6 +37,7 @@ def main() -> int:
     returncode = os.waitstatus_to_exitcode(status)
     with open(result_path, "w") as f:
         json.dump({"returncode": returncode, "wall_s": wall_s,
+                   "cpu_s": usage.ru_utime + usage.ru_stime,
                    "ru_maxrss_kib": usage.ru_maxrss}, f)
     return 0
 

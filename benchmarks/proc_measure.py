@@ -15,6 +15,10 @@ Two memory numbers are taken for every run, because each alone can under-report:
 ``peak_rss`` = max of the two: exact for a single-process command, and otherwise a
 lower bound of the true tree peak that is off by at most a sub-interval spike.
 Wall time is the launcher's, from just before fork to the reaping of the command.
+
+``other_cpu_s`` is the machine's busy CPU time during the run minus the command's own
+(and the small overhead of the launcher and poller): when it is not near zero, other
+work competed for the CPUs and the wall time is inflated.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Measurement:
     peak_tree_rss_bytes: int
     peak_tree_anon_bytes: int
     max_single_rss_bytes: int
+    cpu_s: float
+    other_cpu_s: float
     samples: int
     log_path: str
 
@@ -99,6 +105,12 @@ class _TreePoller(threading.Thread):
         self.samples += 1
 
 
+def _busy_cpu_s() -> float:
+    """Machine-wide non-idle CPU seconds since boot, all CPUs together."""
+    not_busy = {"idle", "iowait", "steal", "guest", "guest_nice"}  # guest is inside user
+    return sum(v for k, v in psutil.cpu_times()._asdict().items() if k not in not_busy)
+
+
 def measure(
     label: str,
     argv: list[str],
@@ -114,9 +126,11 @@ def measure(
                          *argv]
         launcher = subprocess.Popen(launcher_argv, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        busy_before = _busy_cpu_s()
         poller = _TreePoller(launcher.pid, poll_interval_s)
         poller.start()
         launcher_rc = launcher.wait()
+        busy_s = _busy_cpu_s() - busy_before
         poller.stop()
         poller.join()
         if launcher_rc != 0 or not result_path.exists():
@@ -130,6 +144,8 @@ def measure(
         peak_tree_rss_bytes=poller.peak_rss,
         peak_tree_anon_bytes=poller.peak_anon,
         max_single_rss_bytes=result["ru_maxrss_kib"] * 1024,  # Linux reports KiB
+        cpu_s=result["cpu_s"],
+        other_cpu_s=max(0.0, busy_s - result["cpu_s"]),
         samples=poller.samples,
         log_path=str(log_path),
     )

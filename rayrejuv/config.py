@@ -94,7 +94,7 @@ def validate_config(model: type[_Config], values: dict[str, Any]) -> Any:
         got = f" (got {err['input']!r})" if loc and err["type"] != "missing" else ""
         hint = _describe(model, loc)
         msg = err["msg"].removeprefix("Value error, ")
-        raise RejuvError(f"{name}: {msg}{got}" + (f"; {name} is the {hint}" if hint else "")) from None
+        raise RejuvError(f"{name}: {msg}{got}" + (f" [{name}: {hint}]" if hint else "")) from None
 
 
 def load_yaml(path: Path | None) -> dict[str, Any]:
@@ -117,8 +117,10 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     for k, v in overrides.items():
         if v is None:
             continue
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_overrides(out[k], v)
-        else:
-            out[k] = v
+        if isinstance(v, dict):
+            nested = out[k] if isinstance(out.get(k), dict) else {}
+            v = merge_overrides(nested, v)
+            if not v:
+                continue
+        out[k] = v
     return out

@@ -20,7 +20,9 @@ def resolve_device(device: str) -> torch.device:
 def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device):
     """An eval-mode causal LM with frozen parameters (attribution differentiates activations only)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own bars say what is happening
     model = AutoModelForCausalLM.from_pretrained(
         ckpt.path, dtype=dtype, local_files_only=True, use_safetensors=not ckpt.is_pickle
     )

@@ -34,7 +34,7 @@ def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
             if cfg.fusion_only:
                 reset, stats = ResetSet.empty(neuron_index(sft).total), None
             else:
-                reset, stats = find_reset_set(cfg, base, sft, timer)
+                reset, stats = find_reset_set(cfg, base, sft, timer, progress)
 
             # Eq. 1 + Eq. 5, tensor by tensor, into a temporary directory renamed on success.
             with out:

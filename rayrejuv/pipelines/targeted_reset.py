@@ -44,7 +44,7 @@ def fuse_in_place(model, base: Checkpoint, sft: Checkpoint, alpha: float) -> Non
 
 
 def find_reset_set(
-    cfg: RejuvenateConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer
+    cfg: RejuvenateConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
 ) -> tuple[ResetSet, AttributionStats]:
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.attribution_dtype]
@@ -55,10 +55,10 @@ def find_reset_set(
     # Step 1: entropies of base and SFT at every response position.
     with timer.phase("entropy"):
         model = load_model(base, dtype, device)
-        h_base = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (base)", unit="batch")]
+        h_base = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (base)", unit="batch", disable=not progress)]
         del model
         model = load_model(sft, dtype, device)
-        h_sft = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (sft)", unit="batch")]
+        h_sft = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (sft)", unit="batch", disable=not progress)]
         if cfg.attribution_model == "fused":
             fuse_in_place(model, base, sft, cfg.alpha)
 
@@ -68,7 +68,7 @@ def find_reset_set(
     selector = SELECTORS[cfg.selection](index.total, count)
     errors, logits, gaps = [], [], []
     with timer.phase("attribution"):
-        for b, hb, hs in tqdm(list(zip(calib, h_base, h_sft)), desc="attribution", unit="batch"):
+        for b, hb, hs in tqdm(list(zip(calib, h_base, h_sft)), desc="attribution", unit="batch", disable=not progress):
             positions, valid = select_target_positions(hs, hb, b.response_mask, cfg.tokens_per_example)
             gaps.append((hs - hb).abs().gather(1, positions)[valid])
             for tok in attribute_targets(model, sft.spec, index, b, positions, valid, sft.geometry.rms_norm_eps):

@@ -1,0 +1,3 @@
+from rayrejuv.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""Command line: typer commands that build a typed config and call a pipeline. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rayrejuv.errors import RejuvError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rejuvenate over-fine-tuned LLM checkpoints.")
+
+
+def _tracking(uri: str | None, experiment: str | None, track: bool | None) -> dict:
+    return {"uri": uri, "experiment": experiment, "enabled": track}
+
+
+def _opt(name: str, *decls: str):
+    """A flag whose help and default come from RejuvenateConfig (the single source of defaults)."""
+    from rayrejuv.config import RejuvenateConfig
+
+    field = RejuvenateConfig.model_fields[name]
+    default = "" if field.is_required() else f" [default: {field.get_default(call_default_factory=True)}]"
+    return typer.Option(None, *decls, help=f"{field.description}{default}", show_default=False)
+
+
+@app.command()
+def rejuvenate(
+    base: Optional[Path] = _opt("base"),
+    sft: Optional[Path] = _opt("sft"),
+    out: Optional[Path] = _opt("out"),
+    alpha: Optional[float] = _opt("alpha"),
+    reset_ratio: Optional[float] = _opt("reset_ratio"),
+    omega: Optional[float] = _opt("omega"),
+    tokens_per_example: Optional[int] = _opt("tokens_per_example"),
+    calibration: Optional[Path] = _opt("calibration"),
+    selection: Optional[str] = _opt("selection"),
+    attribution_model: Optional[str] = _opt("attribution_model"),
+    score_sign: Optional[str] = _opt("score_sign"),
+    fusion_only: Optional[bool] = _opt("fusion_only", "--fusion-only/--with-reset"),
+    device: Optional[str] = _opt("device"),
+    dtype: Optional[str] = _opt("dtype"),
+    attribution_dtype: Optional[str] = _opt("attribution_dtype"),
+    batch_size: Optional[int] = _opt("batch_size"),
+    max_length: Optional[int] = _opt("max_length"),
+    max_shard_gb: Optional[float] = _opt("max_shard_gb"),
+    overwrite: Optional[bool] = _opt("overwrite", "--overwrite/--no-overwrite"),
+    allow_pickle: Optional[bool] = _opt("allow_pickle", "--allow-pickle/--no-allow-pickle"),
+    config: Optional[Path] = typer.Option(None, help="YAML config; flags override it"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayrejuv]"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the run to MLflow [default: on]"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Base-anchored fusion + targeted neuron reset -> a Hugging Face checkpoint."""
+    from rayrejuv.config import RejuvenateConfig, load_yaml, merge_overrides, validate_config
+    from rayrejuv.pipelines.rejuvenate import rejuvenate as run
+    from rayrejuv.summary import print_rejuvenation_summary
+
+    flags = {k: v for k, v in locals().items() if k not in {"config", "tracking_uri", "experiment", "track", "quiet"}}
+    flags = {k: v for k, v in flags.items() if k in RejuvenateConfig.model_fields}
+    flags["tracking"] = _tracking(tracking_uri, experiment, track)
+    cfg = validate_config(RejuvenateConfig, merge_overrides(load_yaml(config), flags))
+    t0 = time.perf_counter()
+    report = run(cfg, progress=not quiet)
+    print_rejuvenation_summary(report, time.perf_counter() - t0)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("rayrejuv-demo"), help="working directory of the demo"),
+    seed: int = typer.Option(0, help="seed of the tiny models and data"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
+    track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Build tiny base and over-trained SFT models locally and rejuvenate the SFT model."""
+    from rayrejuv.config import TrackingConfig
+    from rayrejuv.pipelines.demo import run_demo
+    from rayrejuv.summary import print_demo_summary
+
+    t0 = time.perf_counter()
+    summary = run_demo(out, seed, TrackingConfig(uri=tracking_uri, enabled=track), progress=not quiet)
+    print_demo_summary(summary, time.perf_counter() - t0)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RejuvError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Terminal summaries (rich tables) printed at the end of a command."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
+    c = Console()
+    cfg = report["config"]
+    t = Table(title=f"rejuvenated -> {cfg['out']}", show_header=False)
+    t.add_row("architecture", f"{report['architecture']} ({report['num_layers']} layers)")
+    t.add_row("alpha / rho / omega", f"{cfg['alpha']} / {cfg['reset_ratio']} / {cfg['omega']}")
+    t.add_row("reset", f"{report['reset_count']} of {report['num_neurons']} neurons ({report['reset_fraction']:.2%})")
+    if report["reset_by_kind"]:
+        t.add_row("reset by module", ", ".join(f"{k} {v}" for k, v in sorted(report["reset_by_kind"].items())))
+    att = report["attribution"]
+    if att is not None:
+        t.add_row("calibration", f"{att['examples']} examples, {att['target_tokens']} target tokens")
+        t.add_row("entropy base / sft", f"{att['entropy_base']:.4f} / {att['entropy_sft']:.4f}")
+        t.add_row("logit reconstruction err", f"max {att['reconstruction_error_max']:.2e}, mean {att['reconstruction_error_mean']:.2e}")
+    t.add_row("output", f"{len(report['output']['files'])} shard(s), {report['output']['bytes'] / 1e6:.1f} MB")
+    t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()) + f"; wall {wall_s:.1f}s")
+    c.print(t)
+
+
+def print_demo_summary(summary: dict, wall_s: float) -> None:
+    c = Console()
+    t = Table(title="rayrejuv demo: token entropy on the calibration set (teacher-forced)")
+    t.add_column("model")
+    t.add_column("mean entropy", justify="right")
+    t.add_column("neurons reset", justify="right")
+    for name, h in summary["entropy"].items():
+        run = summary["runs"].get(name)
+        t.add_row(name, f"{h:.4f}", str(run["reset_count"]) if run else "-")
+    c.print(t)
+    c.print(f"outputs under {summary['out']}; wall {wall_s:.1f}s")

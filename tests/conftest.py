@@ -1,0 +1,75 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from rayrejuv.testbed.tokenizer import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+def _build(tokenizer, out: Path, family: str, seed: int, tie: bool, dtype, shard: str | None, perturb: float | None,
+           **cfg_kw) -> Path:
+    from rayrejuv.testbed.tiny import build_model, perturb as perturb_fn, save, tiny_config
+
+    model = build_model(tiny_config(family, len(tokenizer), tie_word_embeddings=tie, **cfg_kw), seed=0)
+    if perturb is not None:
+        perturb_fn(model, seed, perturb)
+    save(model, tokenizer, out, dtype=dtype, max_shard_size=shard)
+    return out
+
+
+@pytest.fixture
+def make_pair(tmp_path, tokenizer):
+    """make_pair(family, ...) -> (base_dir, sft_dir); the SFT model is the base plus noise."""
+
+    def make(family="llama", tie_base=False, tie_sft=False, dtype=torch.float32, shard=None, scale=0.3, **cfg_kw):
+        base = _build(tokenizer, tmp_path / "base", family, 0, tie_base, dtype, shard, None, **cfg_kw)
+        sft = _build(tokenizer, tmp_path / "sft", family, 1, tie_sft, dtype, shard, scale, **cfg_kw)
+        return base, sft
+
+    return make
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    from rayrejuv.testbed import arith
+
+    path = tmp_path / "calibration.jsonl"
+    with open(path, "w") as f:
+        for r in arith.problems(12, 9, seed=3):
+            f.write(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n")
+    return path
+
+
+def rejuv_config(base, sft, out, **kw):
+    from rayrejuv.config import RejuvenateConfig
+
+    kw.setdefault("tracking", {"enabled": False})
+    return RejuvenateConfig(base=base, sft=sft, out=out, **kw)
+
+
+def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    view = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    return bool(torch.equal(a.view(view[a.dtype]), b.view(view[b.dtype])))
