@@ -42,6 +42,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 TARGET_WALL_RATIO_VS_MERGEKIT = 0.5
 TARGET_PEAK_RSS_GB = 1.5
 OTHER_CPU_WARNING = 0.10  # warn when other processes used more of the CPUs than this
+OTHER_CPU_WARNING_MIN_S = 0.5  # ... and more CPU seconds than this (ignores tiny runs)
 GB = 1e9  # decimal gigabytes throughout
 
 
@@ -243,6 +244,7 @@ def summarize(runs: list[proc_measure.Measurement]) -> dict:
         "wall_s_all": walls,
         "cpu_s_median": statistics.median(r.cpu_s for r in runs),
         "other_cpu_share_max": max(other_cpu_share(r) for r in runs),
+        "other_cpu_s_max": max(r.other_cpu_s for r in runs),
         "peak_rss_gb": max(r.peak_rss_bytes for r in runs) / GB,
         "peak_tree_rss_gb": max(r.peak_tree_rss_bytes for r in runs) / GB,
         "peak_tree_anon_gb": max(r.peak_tree_anon_bytes for r in runs) / GB,
@@ -332,7 +334,9 @@ def format_report(record: dict) -> str:
             f"{len(c['tensors_beyond_tolerance'])}, elements different="
             f"{c['elements_different']}/{c['elements_compared']}, "
             f"max|diff|={c['max_abs_diff']:.3g}")
-    busy = [t for t, s in summary.items() if s["other_cpu_share_max"] > OTHER_CPU_WARNING]
+    busy = [t for t, s in summary.items()
+            if s["other_cpu_share_max"] > OTHER_CPU_WARNING
+            and s["other_cpu_s_max"] > OTHER_CPU_WARNING_MIN_S]
     if busy:
         lines += ["", f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
                       f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
@@ -368,7 +372,7 @@ def main(argv: list[str]) -> int:
     base, sft = synth_llama.build_pair(args.cache_dir, spec, log=log)
     work = args.cache_dir / args.size / "out"
     outputs = {tool: work / tool for tool in tools}
-    logs_dir = args.results.parent / "logs" / args.size
+    logs_dir = args.cache_dir / args.size / "logs"
 
     commands: dict[str, list[str]] = {}
     versions: dict[str, dict] = {}
