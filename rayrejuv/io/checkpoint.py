@@ -122,7 +122,11 @@ class Checkpoint:
             try:
                 self._pickle_cache[f] = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:
-                raise RejuvError(f"{f}: refused by torch.load(weights_only=True): {e}") from None
+                first = str(e).strip().splitlines()[-1][:200]
+                raise RejuvError(
+                    f"{f}: refused by torch.load(weights_only=True) ({type(e).__name__}: {first}); "
+                    "it holds more than tensors: convert it to safetensors from a trusted environment"
+                ) from None
         return self._pickle_cache[f]
 
     # ---- access ------------------------------------------------------------------------
