@@ -24,12 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
-import yaml
-
 import checkpoint_compare
 import proc_measure
+import psutil
 import synth_llama
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -114,8 +113,8 @@ def rayrejuv_help(rayrejuv: Path) -> str:
     if not rayrejuv.exists():
         raise SystemExit(f"rayrejuv not found at {rayrejuv} (omit it with "
                          "--tools io_floor mergekit)")
-    proc = subprocess.run([str(rayrejuv), "rejuvenate", "--help"], capture_output=True,
-                          text=True, timeout=300, env=subprocess_env())
+    proc = subprocess.run([str(rayrejuv), "rejuvenate", "--help"], check=False,
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
     if proc.returncode != 0:
         raise SystemExit(f"`{rayrejuv} rejuvenate --help` failed (rc={proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -131,7 +130,7 @@ def rayrejuv_argv(rayrejuv: Path, help_text: str, base: Path, sft: Path, out: Pa
     return argv
 
 
-def write_mergekit_config(path: Path, base: Path, sft: Path, alpha: float) -> None:
+def write_mergekit_config(path: Path, base: Path, sft: Path, alpha: float) -> dict:
     config = {
         "merge_method": "task_arithmetic",
         "base_model": str(base),
@@ -141,6 +140,7 @@ def write_mergekit_config(path: Path, base: Path, sft: Path, alpha: float) -> No
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
 
 
 def mergekit_argv(mergekit_yaml: Path, config: Path, out: Path) -> list[str]:
@@ -171,7 +171,8 @@ def package_versions(python: Path, packages: list[str]) -> dict[str, str]:
             "    try: out[p] = m.version(p)\n"
             "    except m.PackageNotFoundError: out[p] = None\n"
             "print(json.dumps(out))")
-    proc = subprocess.run([str(python), "-c", code, *packages], capture_output=True, text=True)
+    proc = subprocess.run([str(python), "-c", code, *packages], check=False,
+                          capture_output=True, text=True)
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
@@ -299,13 +300,13 @@ def format_report(record: dict) -> str:
     ckpt, settings, summary = record["checkpoint"], record["settings"], record["summary"]
     lines = [
         "",
-        f"fusion benchmark  size={ckpt['size']}  params={ckpt['params'] / 1e9:.3f}B  "
-        f"checkpoint={ckpt['bytes_per_checkpoint'] / GB:.2f} GB x2 in {ckpt['shards']} shards",
-        f"repeats={settings['repeats']}  page cache={settings['page_cache']}  "
-        f"alpha={settings['alpha']}  cpus={record['machine']['cpus']}",
+        (f"fusion benchmark  size={ckpt['size']}  params={ckpt['params'] / 1e9:.3f}B  "
+         f"checkpoint={ckpt['bytes_per_checkpoint'] / GB:.2f} GB x2 in {ckpt['shards']} shards"),
+        (f"repeats={settings['repeats']}  page cache={settings['page_cache']}  "
+         f"alpha={settings['alpha']}  cpus={record['machine']['cpus']}"),
         "",
-        f"{'command':<10} {'wall s':>8} {'peak RSS GB':>12} {'anon GB':>8} "
-        f"{'1-proc GB':>10} {'CPU s':>7} {'other CPU':>10}",
+        (f"{'command':<10} {'wall s':>8} {'peak RSS GB':>12} {'anon GB':>8} "
+         f"{'1-proc GB':>10} {'CPU s':>7} {'other CPU':>10}"),
     ]
     for tool in TOOLS:
         if tool in summary:
@@ -338,18 +339,18 @@ def format_report(record: dict) -> str:
             if s["other_cpu_share_max"] > OTHER_CPU_WARNING
             and s["other_cpu_s_max"] > OTHER_CPU_WARNING_MIN_S]
     if busy:
-        lines += ["", f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
-                      f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
-                      "machine."]
+        lines += ["", (f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
+                       f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
+                       "machine.")]
     lines += [
         "",
-        "wall s: median over repeats.  peak RSS GB: max over repeats of max(summed RSS of "
-        "the process tree sampled every "
-        f"{settings['poll_interval_s'] * 1000:.0f} ms, kernel ru_maxrss).  anon GB: the "
-        "sampled tree sum without file-backed/shared pages.  1-proc GB: kernel ru_maxrss "
-        "(largest single process).  GB = 1e9 bytes.  CPU s: user+system "
-        "time of the command's process tree.  other CPU: max share of all CPUs used by "
-        "other processes during the run.",
+        ("wall s: median over repeats.  peak RSS GB: max over repeats of max(summed RSS of "
+         "the process tree sampled every "
+         f"{settings['poll_interval_s'] * 1000:.0f} ms, kernel ru_maxrss).  anon GB: the "
+         "sampled tree sum without file-backed/shared pages.  1-proc GB: kernel ru_maxrss "
+         "(largest single process).  GB = 1e9 bytes.  CPU s: user+system "
+         "time of the command's process tree.  other CPU: max share of all CPUs used by "
+         "other processes during the run."),
     ]
     return "\n".join(lines)
 
@@ -376,12 +377,13 @@ def main(argv: list[str]) -> int:
 
     commands: dict[str, list[str]] = {}
     versions: dict[str, dict] = {}
+    mergekit_config: dict = {}
     if "io_floor" in tools:
         commands["io_floor"] = io_floor_argv(base, sft, outputs["io_floor"])
     if "mergekit" in tools:
         mergekit_yaml = ensure_mergekit_venv(args.mergekit_venv)
         config = work / "mergekit.yaml"
-        write_mergekit_config(config, base, sft, args.alpha)
+        mergekit_config = write_mergekit_config(config, base, sft, args.alpha)
         commands["mergekit"] = mergekit_argv(mergekit_yaml, config, outputs["mergekit"])
         versions["mergekit_venv"] = package_versions(
             args.mergekit_venv / "bin" / "python", ["mergekit", "torch", "transformers"])
@@ -399,7 +401,7 @@ def main(argv: list[str]) -> int:
                          base, sft, args)
 
     record = {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / GB,
                     "platform": platform.platform()},
         "versions": versions,
@@ -410,6 +412,7 @@ def main(argv: list[str]) -> int:
                      "alpha": args.alpha, "poll_interval_s": args.poll_interval,
                      "atol_floor": args.atol_floor, "offline_env": OFFLINE_ENV},
         "commands": commands,
+        "mergekit_config": mergekit_config,
         "runs": {tool: [m.to_json() for m in ms] for tool, ms in runs.items()},
         "summary": summary,
         "targets": {"rayrejuv_over_mergekit_wall_max": TARGET_WALL_RATIO_VS_MERGEKIT,

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Self
 
 import torch
 from safetensors import safe_open
@@ -58,7 +59,7 @@ class Checkpoint:
         self._location: dict[str, object] = {}
         for path in self.files:
             handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if name in self._location:
                     raise ValueError(f"tensor {name} appears twice in {directory}")
                 self._location[name] = handle
@@ -80,7 +81,7 @@ class Checkpoint:
     def close(self) -> None:
         self._stack.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
