@@ -55,3 +55,25 @@ def test_spec_matches_the_transformers_model(family, tokenizer):
         if kind.name == "o_proj":
             assert w.shape == (48, 4 * 16)
         assert isinstance(model.get_submodule(spec.module_path(0, kind)), torch.nn.Linear)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("explicit", [False, True])
+def test_geometry_from_config_json_matches_transformers(family, explicit, tokenizer):
+    """Reading config.json without transformers gives the values transformers would use,
+    whether optional fields are present or omitted (then the family's defaults apply)."""
+    import transformers
+
+    from rayrejuv.arch import ModelGeometry
+    from rayrejuv.testbed.tiny import FAMILY_CONFIGS
+
+    raw = {"architectures": [FAMILY_CONFIGS[family][1]], "model_type": family, "num_hidden_layers": 3,
+           "hidden_size": 64, "intermediate_size": 96, "vocab_size": 77, "num_attention_heads": 4}
+    if explicit:
+        raw.update({"num_key_value_heads": 2, "head_dim": 8, "tie_word_embeddings": True, "rms_norm_eps": 1e-5})
+    ours = ModelGeometry.from_config(raw)
+    hf = getattr(transformers, FAMILY_CONFIGS[family][0])(**{k: v for k, v in raw.items() if k != "model_type"})
+    assert ours.num_kv_heads == (hf.num_key_value_heads or hf.num_attention_heads)
+    assert ours.head_dim == (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
+    assert ours.tie_word_embeddings == hf.tie_word_embeddings
+    assert ours.rms_norm_eps == hf.rms_norm_eps

@@ -8,8 +8,8 @@ import torch
 from conftest import same_bits
 from rayrejuv.arch import Axis
 from rayrejuv.method.entropy import select_target_positions, token_entropy
-from rayrejuv.method.fusion import fuse
-from rayrejuv.method.reset import reset_neurons
+from rayrejuv.method.fusion import fuse, fuse_into
+from rayrejuv.method.reset import neuron_slice, reset
 from rayrejuv.method.selection import (
     AggregateSelector,
     UnionSelector,
@@ -41,12 +41,20 @@ def _fused_base():
     return torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
 
 
+def _reset_slices(fused, base, idx, axis, omega):
+    """What the pipeline does: Eq. 5 on the neuron slices, everything else kept."""
+    out = fused.clone()
+    sl = neuron_slice(axis, idx, out.ndim)
+    out[sl] = reset(fused[sl], base[sl], omega)
+    return out, sl
+
+
 @pytest.mark.parametrize("axis", [Axis.ROW, Axis.COL])
 def test_reset_omega_one_puts_base_exactly_in_the_slices_and_nowhere_else(axis):
     fused, base = _fused_base()
     idx = torch.tensor([1, 3])
-    out = reset_neurons(fused.clone(), base, idx, axis, omega=1.0)
-    sl = (idx,) if axis is Axis.ROW else (slice(None), idx)
+    out, sl = _reset_slices(fused, base, idx, axis, omega=1.0)
+    assert sl == ((idx,) if axis is Axis.ROW else (slice(None), idx))
     assert same_bits(out[sl], base[sl])
     keep = torch.ones_like(fused, dtype=torch.bool)
     keep[sl] = False
@@ -56,15 +64,30 @@ def test_reset_omega_one_puts_base_exactly_in_the_slices_and_nowhere_else(axis):
 def test_reset_omega_zero_changes_nothing_and_omega_mixes():
     fused, base = _fused_base()
     idx = torch.tensor([0, 4])
-    assert same_bits(reset_neurons(fused.clone(), base, idx, Axis.ROW, omega=0.0), fused)
-    out = reset_neurons(fused.clone(), base, idx, Axis.COL, omega=0.25)
+    assert same_bits(_reset_slices(fused, base, idx, Axis.ROW, omega=0.0)[0], fused)
+    out, _ = _reset_slices(fused, base, idx, Axis.COL, omega=0.25)
     torch.testing.assert_close(out[:, idx], 0.25 * base[:, idx] + 0.75 * fused[:, idx], rtol=0, atol=1e-6)
 
 
 def test_reset_of_a_bias_uses_entries():
-    fused, base = torch.zeros(6), torch.arange(6.0)
-    out = reset_neurons(fused, base, torch.tensor([2, 5]), Axis.ROW, omega=1.0)
+    out, _ = _reset_slices(torch.zeros(6), torch.arange(6.0), torch.tensor([2, 5]), Axis.COL, omega=1.0)
     assert out.tolist() == [0, 0, 2, 0, 0, 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 1 << 20])
+def test_chunked_fusion_is_bit_identical_to_one_shot(dtype, chunk):
+    g = torch.Generator().manual_seed(4)
+    sft, base = (torch.randn(37, 29, generator=g).to(dtype) for _ in range(2))
+    for alpha in (0.0, 0.45, 1.0):
+        out = torch.empty_like(sft)
+        lo, hi = fuse_into(out, sft, base, alpha, chunk=chunk)
+        ref = fuse(sft, base, alpha)
+        assert same_bits(out, ref.to(dtype))
+        assert float(lo) == float(ref.min()) and float(hi) == float(ref.max())
+    base[3, 4] = float("nan")
+    lo, hi = fuse_into(torch.empty_like(sft), sft, base, 0.5, chunk=chunk)
+    assert hi.isnan() and lo.isnan()
 
 
 def test_entropy_on_hand_made_distributions():

@@ -36,12 +36,14 @@ MISTRAL = ArchSpec(
     architectures=("MistralForCausalLM",),
     neuron_kinds=_ATTN_MLP_KINDS,
     layer_tensors=_PROJ_WEIGHTS + _NORMS,
+    config_defaults={"tie_word_embeddings": False, "rms_norm_eps": 1e-6, "num_key_value_heads": 8, "head_dim": None},
 )
 QWEN2 = ArchSpec(
     family="qwen2",
     architectures=("Qwen2ForCausalLM",),
     neuron_kinds=_ATTN_MLP_KINDS,
     layer_tensors=_PROJ_WEIGHTS + _NORMS + _QKV_BIASES,
+    config_defaults={"tie_word_embeddings": False, "rms_norm_eps": 1e-6, "num_key_value_heads": 32, "head_dim": None},
 )
 QWEN3 = ArchSpec(
     family="qwen3",
@@ -50,6 +52,7 @@ QWEN3 = ArchSpec(
     # q_norm/k_norm act on head_dim and are shared by all heads: fused, never reset.
     layer_tensors=_PROJ_WEIGHTS + _NORMS + ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
     optional_layer_tensors=_QKV_BIASES + ("self_attn.o_proj.bias",),
+    config_defaults={"tie_word_embeddings": False, "rms_norm_eps": 1e-6, "num_key_value_heads": 32, "head_dim": 128},
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -83,28 +86,32 @@ class ModelGeometry:
     rms_norm_eps: float
 
     @classmethod
-    def from_config(cls, config: Any) -> "ModelGeometry":
-        """`config` is a transformers PretrainedConfig (defaults of its class applied)."""
-        archs = getattr(config, "architectures", None) or []
+    def from_config(cls, config: dict[str, Any]) -> "ModelGeometry":
+        """`config` is the parsed config.json; absent fields take the family's defaults."""
+        archs = config.get("architectures") or []
         if len(archs) != 1:
             raise RejuvError(
                 f"config.json must name exactly one architecture in 'architectures', found {archs}; "
                 "set it to e.g. [\"LlamaForCausalLM\"]"
             )
         spec = spec_for(archs[0])
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        c = {**spec.config_defaults, **{k: v for k, v in config.items() if v is not None}}
+        required = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
+        missing = [k for k in required if k not in c]
+        if missing:
+            raise RejuvError(f"config.json lacks {missing}; it is not a complete {spec.family} config")
+        heads = c["num_attention_heads"]
         return cls(
             architecture=archs[0],
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            vocab_size=config.vocab_size,
+            num_layers=c["num_hidden_layers"],
+            hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"],
+            vocab_size=c["vocab_size"],
             num_heads=heads,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=head_dim,
-            tie_word_embeddings=bool(config.tie_word_embeddings),
-            rms_norm_eps=float(getattr(config, spec.rms_eps_key)),
+            num_kv_heads=c["num_key_value_heads"] or heads,
+            head_dim=c["head_dim"] or c["hidden_size"] // heads,
+            tie_word_embeddings=bool(c["tie_word_embeddings"]),
+            rms_norm_eps=float(c["rms_norm_eps"]),
         )
 
     @property

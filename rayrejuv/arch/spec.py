@@ -10,8 +10,9 @@ A *neuron* is a slice of one weight matrix that the reset can overwrite:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Axis(str, Enum):
@@ -51,7 +52,17 @@ class ArchSpec:
     embed: str = "model.embed_tokens.weight"
     final_norm: str = "model.norm.weight"
     lm_head: str = "lm_head.weight"
-    rms_eps_key: str = "rms_norm_eps"  # config field holding the RMSNorm epsilon
+    # Values transformers' config class of this family assumes when config.json omits a field
+    # (None: derived, kv heads = heads, head_dim = hidden / heads). Checked against
+    # transformers in tests/test_arch.py, so config.json can be read without importing it.
+    config_defaults: dict[str, Any] = field(
+        default_factory=lambda: {
+            "tie_word_embeddings": False,
+            "rms_norm_eps": 1e-6,
+            "num_key_value_heads": None,
+            "head_dim": None,
+        }
+    )
 
     def __post_init__(self) -> None:
         names = [k.name for k in self.neuron_kinds]

@@ -14,7 +14,7 @@ import torch
 
 from rayrejuv.arch import ArchSpec, ModelGeometry
 from rayrejuv.errors import RejuvError
-from rayrejuv.io.safetensors_format import TensorMeta, read_header
+from rayrejuv.io.safetensors_format import StoredTensor, TensorMeta, read_header, read_tensor
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -24,15 +24,18 @@ WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WEIGHT_INDEX_FILES = (SAFETENSORS_INDEX, PICKLE_INDEX)
 
 
-def _load_config(path: Path):
-    from transformers import AutoConfig  # heavy import, only when a checkpoint is opened
-
-    if not (path / "config.json").is_file():
+def _load_config(path: Path) -> dict:
+    """config.json as a dict (read directly: importing transformers costs seconds)."""
+    f = path / "config.json"
+    if not f.is_file():
         raise RejuvError(f"{path}: no config.json; pass the directory of a Hugging Face checkpoint")
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
-    except Exception as e:  # transformers raises many types for a bad config
-        raise RejuvError(f"{path}/config.json could not be parsed by transformers: {e}") from None
+        config = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise RejuvError(f"{f} is not valid JSON ({e}); repair the checkpoint's config") from None
+    if not isinstance(config, dict):
+        raise RejuvError(f"{f} must hold a JSON object")
+    return config
 
 
 class Checkpoint:
@@ -48,6 +51,7 @@ class Checkpoint:
         self.spec: ArchSpec = self.geometry.spec
         self.is_pickle, self._file_of = self._index_files(allow_pickle)
         self._meta: dict[str, TensorMeta] = {}
+        self._stored: dict[str, StoredTensor] = {}
         self._handles: dict[Path, object] = {}
         self._pickle_cache: dict[Path, dict[str, torch.Tensor]] = {}
         self._read_metadata()
@@ -97,13 +101,15 @@ class Checkpoint:
             single = self.path / SAFETENSORS_SINGLE
             header = self._safe_header(single)
             self._file_of = {n: single for n in header}
-            self._meta = header
+            self._stored = header
+            self._meta = {n: st.meta for n, st in header.items()}
             return
         for f in sorted(set(self._file_of.values())):
             header = self._safe_header(f)
-            for name, meta in header.items():
+            for name, stored in header.items():
                 if self._file_of.get(name) == f:
-                    self._meta[name] = meta
+                    self._stored[name] = stored
+                    self._meta[name] = stored.meta
         missing = set(self._file_of) - set(self._meta)
         if missing:
             raise RejuvError(
@@ -111,7 +117,7 @@ class Checkpoint:
                 f"{sorted(missing)[:5]}; the checkpoint is corrupt"
             )
 
-    def _safe_header(self, f: Path) -> dict[str, TensorMeta]:
+    def _safe_header(self, f: Path) -> dict[str, StoredTensor]:
         try:
             return read_header(f)
         except Exception as e:
@@ -146,30 +152,26 @@ class Checkpoint:
             return self.spec.embed
         return name
 
-    def get(self, name: str, *, check_finite: bool = True) -> torch.Tensor:
+    def get(self, name: str) -> torch.Tensor:
         """Read one tensor (a tied lm_head reads the embedding)."""
         src = self.logical_source(name)
         if src not in self._file_of:
             raise RejuvError(f"{self.role} checkpoint {self.path} has no tensor {name}")
         f = self._file_of[src]
         if self.is_pickle:
-            t = self._pickle_state(f)[src]
-        else:
-            t = self._handle(f).get_tensor(src)
-        if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise RejuvError(
-                f"{self.role} checkpoint {self.path}: tensor {src} holds {bad} NaN/Inf values; "
-                "repair or replace this checkpoint before rejuvenating it"
-            )
-        return t
-
-    def _handle(self, f: Path):
-        from safetensors import safe_open
-
+            return self._pickle_state(f)[src]
         if f not in self._handles:
-            self._handles[f] = safe_open(str(f), framework="pt", device="cpu")
-        return self._handles[f]
+            self._handles[f] = open(f, "rb")
+        return read_tensor(self._handles[f], self._stored[src])
+
+    def check_finite(self, name: str, tensor: torch.Tensor) -> None:
+        """Raise naming this checkpoint if `tensor` (read from it as `name`) holds NaN/Inf."""
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise RejuvError(
+                f"{self.role} checkpoint {self.path}: tensor {self.logical_source(name)} holds {bad} NaN/Inf "
+                "values; repair or replace this checkpoint before rejuvenating it"
+            )
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -181,6 +183,8 @@ class Checkpoint:
         return max(by_dtype, key=by_dtype.__getitem__)
 
     def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
         self._handles.clear()
         self._pickle_cache.clear()
 

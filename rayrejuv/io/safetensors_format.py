@@ -9,6 +9,7 @@ so a shard never has to sit in memory.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,13 @@ class TensorMeta:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
 
 
-def read_header(path: Path) -> dict[str, TensorMeta]:
+@dataclass(frozen=True)
+class StoredTensor:
+    meta: TensorMeta
+    offset: int  # absolute byte offset of the data in the file
+
+
+def read_header(path: Path) -> dict[str, StoredTensor]:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
@@ -57,8 +64,27 @@ def read_header(path: Path) -> dict[str, TensorMeta]:
     for name, info in header.items():
         if info["dtype"] not in ST_TO_DTYPE:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        out[name] = TensorMeta(ST_TO_DTYPE[info["dtype"]], tuple(info["shape"]))
+        meta = TensorMeta(ST_TO_DTYPE[info["dtype"]], tuple(info["shape"]))
+        begin, end = info["data_offsets"]
+        if end - begin != meta.nbytes:
+            raise ValueError(f"{path}: tensor {name} spans {end - begin} bytes, its shape needs {meta.nbytes}")
+        out[name] = StoredTensor(meta, 8 + n + begin)
     return out
+
+
+def read_tensor(f, stored: StoredTensor) -> torch.Tensor:
+    """Read one tensor with a positioned read into fresh memory (no mmap: the process keeps
+    only the tensors it holds, whatever the checkpoint size)."""
+    meta = stored.meta
+    buf = torch.empty(meta.nbytes, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    got = os.preadv(f.fileno(), [view], stored.offset) if meta.nbytes else 0
+    while got < meta.nbytes:  # preadv may return short reads on some filesystems
+        n = os.preadv(f.fileno(), [view[got:]], stored.offset + got)
+        if n == 0:
+            raise ValueError(f"{f.name}: file ends inside a tensor; the checkpoint is truncated")
+        got += n
+    return buf.view(meta.dtype).reshape(meta.shape)
 
 
 def encode_header(entries: list[tuple[str, TensorMeta]], metadata: dict[str, str]) -> bytes:

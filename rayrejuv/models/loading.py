@@ -27,6 +27,12 @@ def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device):
         ckpt.path, dtype=dtype, local_files_only=True, use_safetensors=not ckpt.is_pickle
     )
     model.to(device).eval().requires_grad_(False)
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise RejuvError(
+                f"{ckpt.role} checkpoint {ckpt.path}: tensor {name} holds NaN/Inf values; "
+                "repair or replace this checkpoint before rejuvenating it"
+            )
     return model
 
 

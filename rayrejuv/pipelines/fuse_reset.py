@@ -6,6 +6,7 @@ only on the same-named base and SFT tensors and on the reset set.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -16,9 +17,9 @@ from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.safetensors_format import TensorMeta
 from rayrejuv.io.writer import ShardPlan, ShardWriter
-from rayrejuv.method.fusion import fuse
+from rayrejuv.method.fusion import fuse, fuse_into
 from rayrejuv.method.neurons import ResetSet
-from rayrejuv.method.reset import reset_neurons
+from rayrejuv.method.reset import neuron_slice, reset
 from rayrejuv.models.loading import DTYPES
 
 
@@ -33,23 +34,41 @@ def output_entries(names: list[str], sft: Checkpoint, dtype: str) -> list[tuple[
     return out
 
 
+def read_pair(name: str, base: Checkpoint, sft: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
+    return sft.get(name), base.get(name)
+
+
 def rejuvenate_tensor(
-    name: str, base: Checkpoint, sft: Checkpoint, reset: ResetSet, alpha: float, omega: float, dtype: torch.dtype
+    name: str,
+    pair: tuple[torch.Tensor, torch.Tensor],
+    base: Checkpoint,
+    sft: Checkpoint,
+    reset_set: ResetSet,
+    alpha: float,
+    omega: float,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """One output tensor: fused in float32, its reset rows/columns (if any) set, cast to `dtype`."""
-    theta_sft, theta_base = sft.get(name), base.get(name)
+    """One output tensor from its (SFT, base) pair: Eq. 1 in float32, Eq. 5 on its reset
+    rows/columns (if any), cast to `dtype`. The checkpoints name the culprit of a NaN/Inf."""
+    theta_sft, theta_base = pair
     if not theta_sft.is_floating_point():
         return theta_sft  # integer buffers are not parameters: keep the SFT value
-    theta = fuse(theta_sft, theta_base, alpha)
+    out = torch.empty(theta_sft.shape, dtype=dtype)
+    lo, hi = fuse_into(out, theta_sft, theta_base, alpha)
     role = sft.spec.role(name)
-    index = reset.for_tensor(role.layer, role.kind)
+    index = reset_set.for_tensor(role.layer, role.kind)
     resettable = role.param == "weight" or (role.param == "bias" and role.kind is not None and role.kind.axis is Axis.ROW)
     if index is not None and resettable:
-        reset_neurons(theta, theta_base, index, role.kind.axis, omega)
-    theta = theta.to(dtype)
-    if not bool(torch.isfinite(theta).all()):
-        raise RejuvError(f"the rejuvenated tensor {name} overflows {dtype} (NaN/Inf); use --dtype float32")
-    return theta
+        sl = neuron_slice(role.kind.axis, index, out.ndim)
+        theta = reset(fuse(theta_sft[sl], theta_base[sl], alpha), theta_base[sl], omega)
+        out[sl] = theta.to(dtype)
+        lo, hi = torch.minimum(lo, theta.min()), torch.maximum(hi, theta.max())
+    limit = torch.finfo(dtype).max
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and -limit <= float(lo) and float(hi) <= limit):
+        sft.check_finite(name, theta_sft)  # name the input that holds NaN/Inf, if one does
+        base.check_finite(name, theta_base)
+        raise RejuvError(f"the rejuvenated tensor {name} overflows {dtype}; use --dtype float32")
+    return out
 
 
 def write_shards(
@@ -57,20 +76,48 @@ def write_shards(
     plans: list[ShardPlan],
     base: Checkpoint,
     sft: Checkpoint,
-    reset: ResetSet,
+    reset_set: ResetSet,
     alpha: float,
     omega: float,
     progress: bool = True,
 ) -> dict[str, str]:
-    """Write every planned shard; returns the sha256 of every tensor's bytes."""
-    checksums: dict[str, str] = {}
+    """Write every planned shard; returns the sha256 of every tensor's bytes.
+
+    Three stages overlap: a reader thread prefetches the next (SFT, base) pair, this thread
+    computes, a writer thread hashes and writes in plan order (file IO, sha256 and torch kernels
+    all release the GIL). At most two tensors wait in each queue, so memory stays bounded.
+    """
+    jobs = [(plan, name, meta) for plan in plans for name, meta in plan.entries]
     total = sum(p.nbytes for p in plans)
-    with tqdm(total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar:
-        for plan in plans:
-            writer = ShardWriter(directory, plan)
-            for name, meta in plan.entries:
-                writer.write(name, rejuvenate_tensor(name, base, sft, reset, alpha, omega, meta.dtype))
-                bar.update(meta.nbytes)
-            writer.close()
-            checksums.update(writer.checksums)
+    writers: dict[str, ShardWriter] = {}
+    checksums: dict[str, str] = {}
+
+    def write(plan: ShardPlan, name: str, tensor: torch.Tensor) -> None:
+        if plan.file not in writers:
+            writers[plan.file] = ShardWriter(directory, plan)
+        w = writers[plan.file]
+        w.write(name, tensor)
+        if name == plan.entries[-1][0]:
+            w.close()
+            checksums.update(w.checksums)
+
+    with ThreadPoolExecutor(1, "rejuv-read") as reader, ThreadPoolExecutor(1, "rejuv-write") as writer, tqdm(
+        total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress
+    ) as bar:
+        reads = [reader.submit(read_pair, name, base, sft) for _, name, _ in jobs[:2]]
+        pending: list[Future] = []
+        for i, (plan, name, meta) in enumerate(jobs):
+            pair = reads[i].result()
+            if i + 2 < len(jobs):
+                reads.append(reader.submit(read_pair, jobs[i + 2][1], base, sft))
+            out = rejuvenate_tensor(name, pair, base, sft, reset_set, alpha, omega, meta.dtype)
+            del pair
+            reads[i] = None  # type: ignore[call-overload]  # drop the reference: memory stays bounded
+            pending.append(writer.submit(write, plan, name, out))
+            while len(pending) > 2:
+                pending.pop(0).result()
+                bar.update(jobs[i - 2][2].nbytes if i >= 2 else 0)
+        for f in pending:
+            f.result()
+        bar.update(total - bar.n)
     return checksums
