@@ -75,11 +75,19 @@ class ShardWriter:
         os.posix_fadvise(self._f.fileno(), start, len(data), os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
+        """Close the complete shard. Durability is fsync_file()'s job, which may run in the
+        background while the next shard is written."""
         if self._next != len(self.plan.entries):
             raise RuntimeError(f"shard {self.plan.file}: wrote {self._next} of {len(self.plan.entries)} tensors")
-        self._f.flush()
-        os.fsync(self._f.fileno())
         self._f.close()
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_index(directory: Path, plans: list[ShardPlan]) -> None:

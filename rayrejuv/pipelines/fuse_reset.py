@@ -6,6 +6,7 @@ only on the same-named base and SFT tensors and on the reset set.
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rayrejuv.arch import Axis
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.safetensors_format import TensorMeta
-from rayrejuv.io.writer import ShardPlan, ShardWriter
+from rayrejuv.io.writer import ShardPlan, ShardWriter, fsync_file
 from rayrejuv.method.fusion import fuse, fuse_into
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.method.reset import neuron_slice, reset
@@ -91,6 +92,7 @@ def write_shards(
     total = sum(p.nbytes for p in plans)
     writers: dict[str, ShardWriter] = {}
     checksums: dict[str, str] = {}
+    syncs: list[Future] = []
 
     def write(plan: ShardPlan, name: str, tensor: torch.Tensor) -> None:
         if plan.file not in writers:
@@ -100,24 +102,25 @@ def write_shards(
         if name == plan.entries[-1][0]:
             w.close()
             checksums.update(w.checksums)
+            syncs.append(syncer.submit(fsync_file, w.path))
 
-    with ThreadPoolExecutor(1, "rejuv-read") as reader, ThreadPoolExecutor(1, "rejuv-write") as writer, tqdm(
-        total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress
-    ) as bar:
-        reads = [reader.submit(read_pair, name, base, sft) for _, name, _ in jobs[:2]]
-        pending: list[Future] = []
+    with ThreadPoolExecutor(1, "rejuv-read") as reader, ThreadPoolExecutor(1, "rejuv-write") as writer, \
+            ThreadPoolExecutor(1, "rejuv-fsync") as syncer, \
+            tqdm(total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar:
+        reads = deque(reader.submit(read_pair, name, base, sft) for _, name, _ in jobs[:2])
+        pending: deque[Future] = deque()
         for i, (plan, name, meta) in enumerate(jobs):
-            pair = reads[i].result()
+            pair = reads.popleft().result()
             if i + 2 < len(jobs):
                 reads.append(reader.submit(read_pair, jobs[i + 2][1], base, sft))
-            out = rejuvenate_tensor(name, pair, base, sft, reset_set, alpha, omega, meta.dtype)
+            pending.append(writer.submit(write, plan, name, rejuvenate_tensor(
+                name, pair, base, sft, reset_set, alpha, omega, meta.dtype)))
             del pair
-            reads[i] = None  # type: ignore[call-overload]  # drop the reference: memory stays bounded
-            pending.append(writer.submit(write, plan, name, out))
             while len(pending) > 2:
-                pending.pop(0).result()
-                bar.update(jobs[i - 2][2].nbytes if i >= 2 else 0)
+                pending.popleft().result()
+            bar.update(meta.nbytes)
         for f in pending:
             f.result()
-        bar.update(total - bar.n)
+        for f in syncs:  # appended by the writer thread: read only once every write is done
+            f.result()
     return checksums
