@@ -35,19 +35,36 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-rejuv-"))
     tok = build_char_tokenizer()
-    cfg = tiny_config(args.family, len(tok), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                      num_layers=args.layers, num_heads=4, num_kv_heads=2)
+    cfg = tiny_config(
+        args.family,
+        len(tok),
+        hidden_size=args.hidden,
+        intermediate_size=2 * args.hidden,
+        num_layers=args.layers,
+        num_heads=4,
+        num_kv_heads=2,
+    )
     model = build_model(cfg, seed=0)
     save(model, tok, work / "base", dtype=torch.bfloat16)
     save(perturb(model, 1, 0.3), tok, work / "sft", dtype=torch.bfloat16)
     calib = work / "calibration.jsonl"
-    calib.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n"
-                             for r in arith.problems(args.examples, 9, seed=7)))
+    calib.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n"
+            for r in arith.problems(args.examples, 9, seed=7)
+        )
+    )
     params = sum(p.numel() for p in model.parameters())
 
     def run(fusion_only: bool) -> tuple[float, dict]:
-        c = RejuvenateConfig(base=work / "base", sft=work / "sft", out=work / f"out-{fusion_only}",
-                             calibration=calib, fusion_only=fusion_only, tracking={"enabled": False})
+        c = RejuvenateConfig(
+            base=work / "base",
+            sft=work / "sft",
+            out=work / f"out-{fusion_only}",
+            calibration=calib,
+            fusion_only=fusion_only,
+            tracking={"enabled": False},
+        )
         t0 = time.perf_counter()
         report = rejuvenate(c, progress=False)
         return time.perf_counter() - t0, report
@@ -68,13 +85,17 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{args.family} {params / 1e6:.2f}M params, {args.examples} calibration examples, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.family} {params / 1e6:.2f}M params, {args.examples} calibration examples, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  fusion only        {fusion_s:7.2f} s")
     print(f"  fusion + reset     {full_s:7.2f} s   ({full_s / fusion_s:.1f}x fusion only)")
     print("  phases             " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()))
-    print(f"  reset              {report['reset_count']} of {report['num_neurons']} neurons; "
-          f"max |logit reconstruction error| {result['reconstruction_error_max']:.2e}")
+    print(
+        f"  reset              {report['reset_count']} of {report['num_neurons']} neurons; "
+        f"max |logit reconstruction error| {result['reconstruction_error_max']:.2e}"
+    )
 
 
 if __name__ == "__main__":

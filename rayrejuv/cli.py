@@ -50,7 +50,9 @@ def rejuvenate(
     overwrite: Optional[bool] = _opt("overwrite", "--overwrite/--no-overwrite"),
     allow_pickle: Optional[bool] = _opt("allow_pickle", "--allow-pickle/--no-allow-pickle"),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags override it"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"
+    ),
     experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayrejuv]"),
     track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the run to MLflow [default: on]"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),

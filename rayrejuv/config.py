@@ -27,7 +27,9 @@ class RejuvenateConfig(_Config):
     base: Path = Field(description="base checkpoint directory (the model SFT started from)")
     sft: Path = Field(description="SFT checkpoint directory to rejuvenate")
     out: Path = Field(description="output checkpoint directory")
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="fusion weight of the SFT model, Eq. 1; paper sweeps 0.40-0.60")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="fusion weight of the SFT model, Eq. 1; paper sweeps 0.40-0.60"
+    )
     reset_ratio: float = Field(
         0.01, gt=0.0, lt=1.0, description="fraction rho of neurons to reset, Eq. 4; paper sweeps 0.005-0.04"
     )
@@ -57,7 +59,7 @@ class RejuvenateConfig(_Config):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _reset_needs_calibration(self) -> "RejuvenateConfig":
+    def _reset_needs_calibration(self) -> RejuvenateConfig:
         if not self.fusion_only and self.calibration is None:
             raise ValueError(
                 "the targeted reset needs a calibration set: pass --calibration FILE (jsonl of "

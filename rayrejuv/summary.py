@@ -19,7 +19,10 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
     if att is not None:
         t.add_row("calibration", f"{att['examples']} examples, {att['target_tokens']} target tokens")
         t.add_row("entropy base / sft", f"{att['entropy_base']:.4f} / {att['entropy_sft']:.4f}")
-        t.add_row("logit reconstruction err", f"max {att['reconstruction_error_max']:.2e}, mean {att['reconstruction_error_mean']:.2e}")
+        t.add_row(
+            "logit reconstruction err",
+            f"max {att['reconstruction_error_max']:.2e}, mean {att['reconstruction_error_mean']:.2e}",
+        )
     t.add_row("output", f"{len(report['output']['files'])} shard(s), {report['output']['bytes'] / 1e6:.1f} MB")
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()) + f"; wall {wall_s:.1f}s")
     c.print(t)

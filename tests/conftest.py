@@ -18,9 +18,11 @@ def tokenizer():
     return build_char_tokenizer()
 
 
-def _build(tokenizer, out: Path, family: str, seed: int, tie: bool, dtype, shard: str | None, perturb: float | None,
-           **cfg_kw) -> Path:
-    from rayrejuv.testbed.tiny import build_model, perturb as perturb_fn, save, tiny_config
+def _build(
+    tokenizer, out: Path, family: str, seed: int, tie: bool, dtype, shard: str | None, perturb: float | None, **cfg_kw
+) -> Path:
+    from rayrejuv.testbed.tiny import build_model, save, tiny_config
+    from rayrejuv.testbed.tiny import perturb as perturb_fn
 
     model = build_model(tiny_config(family, len(tokenizer), tie_word_embeddings=tie, **cfg_kw), seed=0)
     if perturb is not None:
@@ -71,5 +73,10 @@ def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    view = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    view = {
+        torch.bfloat16: torch.int16,
+        torch.float16: torch.int16,
+        torch.float32: torch.int32,
+        torch.float64: torch.int64,
+    }
     return bool(torch.equal(a.view(view[a.dtype]), b.view(view[b.dtype])))

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import FAMILIES
+
 from rayrejuv.arch import ARCHITECTURES, ArchSpec, Axis, NeuronKind, spec_for
 from rayrejuv.errors import RejuvError
 
@@ -30,7 +30,9 @@ def test_role_parsing():
 
 
 def test_unknown_architecture_names_the_supported_ones():
-    with pytest.raises(RejuvError, match="supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+    with pytest.raises(
+        RejuvError, match="supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+    ):
         spec_for("FalconForCausalLM")
 
 
@@ -67,8 +69,15 @@ def test_geometry_from_config_json_matches_transformers(family, explicit, tokeni
     from rayrejuv.arch import ModelGeometry
     from rayrejuv.testbed.tiny import FAMILY_CONFIGS
 
-    raw = {"architectures": [FAMILY_CONFIGS[family][1]], "model_type": family, "num_hidden_layers": 3,
-           "hidden_size": 64, "intermediate_size": 96, "vocab_size": 77, "num_attention_heads": 4}
+    raw = {
+        "architectures": [FAMILY_CONFIGS[family][1]],
+        "model_type": family,
+        "num_hidden_layers": 3,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "vocab_size": 77,
+        "num_attention_heads": 4,
+    }
     if explicit:
         raw.update({"num_key_value_heads": 2, "head_dim": 8, "tie_word_embeddings": True, "rms_norm_eps": 1e-5})
     ours = ModelGeometry.from_config(raw)

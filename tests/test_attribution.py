@@ -57,8 +57,9 @@ def test_writer_column_scores_sum_to_their_component(make_pair, tokenizer, famil
     with torch.no_grad(), capture(model, spec, ckpt.geometry.num_layers) as cap:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     u = centred_unembedding(model.get_submodule(spec.lm_head_module).weight, batch.input_ids[b, t + 1])
-    g = frozen_norm_readout(cap.final_in[b, t], model.get_submodule(spec.final_norm_module).weight, u,
-                            ckpt.geometry.rms_norm_eps)
+    g = frozen_norm_readout(
+        cap.final_in[b, t], model.get_submodule(spec.final_norm_module).weight, u, ckpt.geometry.rms_norm_eps
+    )
     checked = 0
     for blk in index.blocks:
         if blk.kind.axis is not Axis.COL:
@@ -74,10 +75,12 @@ def _frozen_logit(model, spec, batch, b, t, g, hook_module=None, row=None, eps_s
     """g . x_final with an optional scaling of one row's output by (1 + eps_scale)."""
     handle = None
     if hook_module is not None:
+
         def scale(_m, _inp, out):
             out = out.clone()
             out[..., row] *= 1.0 + eps_scale
             return out
+
         handle = hook_module.register_forward_hook(scale)
     spec_final = model.get_submodule(spec.final_norm_module)
     seen = {}
@@ -90,7 +93,9 @@ def _frozen_logit(model, spec, batch, b, t, g, hook_module=None, row=None, eps_s
     return (seen["x"][b, t] * g).sum(-1)
 
 
-@pytest.mark.parametrize("kind_name,layer,row", [("k_proj", 0, 3), ("up_proj", 1, 5), ("q_proj", 1, 7), ("v_proj", 0, 1)])
+@pytest.mark.parametrize(
+    "kind_name,layer,row", [("k_proj", 0, 3), ("up_proj", 1, 5), ("q_proj", 1, 7), ("v_proj", 0, 1)]
+)
 def test_gradient_x_activation_matches_finite_difference_ablation(make_pair, tokenizer, kind_name, layer, row):
     ckpt, model, batch, positions, valid = _setup(make_pair, tokenizer, "qwen2", n=1)
     spec, index = ckpt.spec, neuron_index(ckpt)
@@ -102,8 +107,9 @@ def test_gradient_x_activation_matches_finite_difference_ablation(make_pair, tok
     with torch.no_grad(), capture(model, spec, ckpt.geometry.num_layers) as cap:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     u = centred_unembedding(model.get_submodule(spec.lm_head_module).weight, batch.input_ids[b, t + 1])
-    g = frozen_norm_readout(cap.final_in[b, t], model.get_submodule(spec.final_norm_module).weight, u,
-                            ckpt.geometry.rms_norm_eps)
+    g = frozen_norm_readout(
+        cap.final_in[b, t], model.get_submodule(spec.final_norm_module).weight, u, ckpt.geometry.rms_norm_eps
+    )
     module = model.get_submodule(spec.module_path(layer, kind))
     eps = 1e-4  # central difference: truncation error O(eps^2)
     z_plus = _frozen_logit(model, spec, batch, b, t, g, module, row, eps)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from conftest import rejuv_config
 from safetensors.torch import load_file, save_file
 
-from conftest import rejuv_config
 from rayrejuv.errors import RejuvError
 from rayrejuv.pipelines.rejuvenate import rejuvenate
 
@@ -34,6 +34,7 @@ def _edit_tensors(directory, edit):
 
 def test_different_architectures(tmp_path, make_pair, tokenizer):
     from conftest import _build
+
     base = _build(tokenizer, tmp_path / "q3", "qwen3", 0, False, torch.float32, None, None)
     _, sft = make_pair("llama")
     _refused("base is Qwen3ForCausalLM but SFT is LlamaForCausalLM", base, sft, tmp_path / "out", fusion_only=True)
@@ -41,6 +42,7 @@ def test_different_architectures(tmp_path, make_pair, tokenizer):
 
 def test_different_vocabulary_size(tmp_path, make_pair, tokenizer):
     from conftest import _build
+
     _, sft = make_pair("llama")
     base = _build(tokenizer, tmp_path / "big", "llama", 0, False, torch.float32, None, None)
     cfg = json.loads((base / "config.json").read_text())
@@ -76,28 +78,38 @@ def test_nan_or_inf_in_an_input(tmp_path, make_pair, bad):
         t["model.layers.0.self_attn.k_proj.weight"][2, 3] = bad
 
     _edit_tensors(base, poison)
-    _refused("base checkpoint .* model.layers.0.self_attn.k_proj.weight holds 1 NaN/Inf", base, sft,
-             tmp_path / "out", fusion_only=True)
+    _refused(
+        "base checkpoint .* model.layers.0.self_attn.k_proj.weight holds 1 NaN/Inf",
+        base,
+        sft,
+        tmp_path / "out",
+        fusion_only=True,
+    )
 
 
 def test_overflow_in_the_result(tmp_path, make_pair):
     base, sft = make_pair("llama")
     _edit_tensors(base, lambda t: t["model.norm.weight"].fill_(1e6))
     _edit_tensors(sft, lambda t: t["model.norm.weight"].fill_(1e6))
-    _refused("model.norm.weight overflows torch.float16", base, sft, tmp_path / "out", fusion_only=True,
-             dtype="float16")
+    _refused(
+        "model.norm.weight overflows torch.float16", base, sft, tmp_path / "out", fusion_only=True, dtype="float16"
+    )
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("alpha", 1.5, r"alpha: Input should be less than or equal to 1 \(got 1.5\)"),
-    ("alpha", -0.1, r"alpha: Input should be greater than or equal to 0"),
-    ("reset_ratio", 0.0, r"reset_ratio: Input should be greater than 0"),
-    ("reset_ratio", 1.0, r"reset_ratio: Input should be less than 1"),
-    ("omega", 1.01, r"omega: Input should be less than or equal to 1"),
-    ("selection", "top", r"selection: Input should be 'aggregate' or 'union'"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("alpha", 1.5, r"alpha: Input should be less than or equal to 1 \(got 1.5\)"),
+        ("alpha", -0.1, r"alpha: Input should be greater than or equal to 0"),
+        ("reset_ratio", 0.0, r"reset_ratio: Input should be greater than 0"),
+        ("reset_ratio", 1.0, r"reset_ratio: Input should be less than 1"),
+        ("omega", 1.01, r"omega: Input should be less than or equal to 1"),
+        ("selection", "top", r"selection: Input should be 'aggregate' or 'union'"),
+    ],
+)
 def test_out_of_range_hyperparameters(tmp_path, field, value, match):
     from rayrejuv.config import RejuvenateConfig, validate_config
+
     values = {"base": "b", "sft": "s", "out": str(tmp_path / "o"), "fusion_only": True, field: value}
     with pytest.raises(RejuvError, match=match) as e:
         validate_config(RejuvenateConfig, values)
@@ -106,16 +118,20 @@ def test_out_of_range_hyperparameters(tmp_path, field, value, match):
 
 def test_reset_without_calibration_is_refused():
     from rayrejuv.config import RejuvenateConfig, validate_config
+
     with pytest.raises(RejuvError, match="pass --calibration FILE .* or --fusion-only"):
         validate_config(RejuvenateConfig, {"base": "b", "sft": "s", "out": "o"})
 
 
-@pytest.mark.parametrize("content,match", [
-    ("", "is empty"),
-    ('{"prompt": "Q:1+1?A:", "response": "2"}\nnot json\n', r":2: not valid JSON"),
-    ('{"prompt": "Q:1+1?A:"}\n', r":1: field 'response' must be a non-empty string"),
-    ('["a", "b"]\n', r":1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "is empty"),
+        ('{"prompt": "Q:1+1?A:", "response": "2"}\nnot json\n', r":2: not valid JSON"),
+        ('{"prompt": "Q:1+1?A:"}\n', r":1: field 'response' must be a non-empty string"),
+        ('["a", "b"]\n', r":1: expected a JSON object"),
+    ],
+)
 def test_malformed_calibration(tmp_path, make_pair, content, match):
     base, sft = make_pair("llama")
     cal = tmp_path / "cal.jsonl"
@@ -127,8 +143,14 @@ def test_calibration_without_response_tokens(tmp_path, make_pair):
     base, sft = make_pair("llama")
     cal = tmp_path / "cal.jsonl"
     cal.write_text(json.dumps({"prompt": "Q:12+34-5?A:", "response": "46"}) + "\n")
-    _refused("no example has a response token within max_length=4", base, sft, tmp_path / "out",
-             calibration=cal, max_length=4)
+    _refused(
+        "no example has a response token within max_length=4",
+        base,
+        sft,
+        tmp_path / "out",
+        calibration=cal,
+        max_length=4,
+    )
 
 
 def test_existing_output_directory(tmp_path, make_pair):
@@ -145,6 +167,7 @@ def test_existing_output_directory(tmp_path, make_pair):
 
 def test_output_equal_to_an_input_is_refused(make_pair):
     from rayrejuv.config import RejuvenateConfig, validate_config
+
     base, sft = make_pair("llama")
     with pytest.raises(RejuvError, match="--out is the sft checkpoint itself"):
         validate_config(RejuvenateConfig, {"base": base, "sft": sft, "out": sft, "fusion_only": True})

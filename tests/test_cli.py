@@ -4,23 +4,44 @@ import json
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "rayrejuv", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rayrejuv", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_rejuvenate_from_yaml_with_flag_override_logs_to_mlflow(tmp_path, make_pair, calibration):
     base, sft = make_pair("qwen3")
     cfg = tmp_path / "rejuv.yaml"
-    cfg.write_text(yaml.safe_dump({"base": str(base), "sft": str(sft), "calibration": str(calibration),
-                                   "alpha": 0.7, "reset_ratio": 0.02, "tracking": {"experiment": "cli-test"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "sft": str(sft),
+                "calibration": str(calibration),
+                "alpha": 0.7,
+                "reset_ratio": 0.02,
+                "tracking": {"experiment": "cli-test"},
+            }
+        )
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = _cli("rejuvenate", "--config", cfg, "--out", tmp_path / "out", "--reset-ratio", "0.05", "--quiet",
-             "--tracking-uri", uri, cwd=tmp_path)
+    r = _cli(
+        "rejuvenate",
+        "--config",
+        cfg,
+        "--out",
+        tmp_path / "out",
+        "--reset-ratio",
+        "0.05",
+        "--quiet",
+        "--tracking-uri",
+        uri,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "rejuvenated" in r.stdout
     report = json.loads((tmp_path / "out" / "rejuvenation_report.json").read_text())
@@ -28,6 +49,7 @@ def test_rejuvenate_from_yaml_with_flag_override_logs_to_mlflow(tmp_path, make_p
     assert report["reset_count"] == round(0.05 * report["num_neurons"])
 
     import mlflow
+
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["cli-test"], output_format="list")
     assert len(runs) == 1
@@ -40,8 +62,19 @@ def test_rejuvenate_from_yaml_with_flag_override_logs_to_mlflow(tmp_path, make_p
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, make_pair):
     base, sft = make_pair("llama")
-    r = _cli("rejuvenate", "--base", base, "--sft", sft, "--out", tmp_path / "o", "--omega", "2", "--fusion-only",
-             cwd=tmp_path)
+    r = _cli(
+        "rejuvenate",
+        "--base",
+        base,
+        "--sft",
+        sft,
+        "--out",
+        tmp_path / "o",
+        "--omega",
+        "2",
+        "--fusion-only",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: omega:")
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import same_bits
+
 from rayrejuv.arch import Axis
 from rayrejuv.method.entropy import select_target_positions, token_entropy
 from rayrejuv.method.fusion import fuse, fuse_into

@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import FAMILIES, load_tensors, rejuv_config, same_bits
+
 from rayrejuv.io.safetensors_format import tensor_bytes
 from rayrejuv.pipelines.rejuvenate import rejuvenate
 
@@ -46,6 +46,7 @@ def test_reset_touches_exactly_the_selected_neurons(make_pair, tmp_path, calibra
     fused, rejuv, b = load_tensors(fused_dir), load_tensors(rejuv_dir), load_tensors(base)
 
     from rayrejuv.io.checkpoint import Checkpoint
+
     spec = Checkpoint(sft).spec
     assert report["reset_count"] == round(0.03 * report["num_neurons"])
     expected_changed = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in fused.items()}
@@ -88,6 +89,7 @@ def test_tied_embeddings(make_pair, tmp_path, tie_base, tie_sft):
     ref = 0.5 * head(s, tie_sft) + 0.5 * head(b, tie_base)
     torch.testing.assert_close(got["lm_head.weight"], ref, rtol=0, atol=0)
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(model.lm_head.weight.data, ref)
 
@@ -121,8 +123,10 @@ def test_output_is_a_loadable_hf_checkpoint_that_generates(make_pair, tmp_path, 
 def test_union_selection_reports_its_real_size(make_pair, tmp_path, calibration):
     base, sft = make_pair("llama")
     agg = rejuvenate(rejuv_config(base, sft, tmp_path / "a", calibration=calibration, reset_ratio=0.01), progress=False)
-    uni = rejuvenate(rejuv_config(base, sft, tmp_path / "u", calibration=calibration, reset_ratio=0.01,
-                                  selection="union"), progress=False)
+    uni = rejuvenate(
+        rejuv_config(base, sft, tmp_path / "u", calibration=calibration, reset_ratio=0.01, selection="union"),
+        progress=False,
+    )
     assert uni["reset_count"] >= agg["reset_count"]
     assert uni["reset_count"] == len(uni["neurons"])
 
@@ -130,8 +134,10 @@ def test_union_selection_reports_its_real_size(make_pair, tmp_path, calibration)
 def test_fused_attribution_model_runs_and_differs(make_pair, tmp_path, calibration):
     base, sft = make_pair("qwen2")
     a = rejuvenate(rejuv_config(base, sft, tmp_path / "a", calibration=calibration, reset_ratio=0.05), progress=False)
-    f = rejuvenate(rejuv_config(base, sft, tmp_path / "f", calibration=calibration, reset_ratio=0.05,
-                                attribution_model="fused"), progress=False)
+    f = rejuvenate(
+        rejuv_config(base, sft, tmp_path / "f", calibration=calibration, reset_ratio=0.05, attribution_model="fused"),
+        progress=False,
+    )
     assert a["reset_count"] == f["reset_count"]
     key = lambda r: [(n["layer"], n["module"], n["index"]) for n in r["neurons"]]  # noqa: E731
     assert set(key(a)) != set(key(f))

@@ -86,13 +86,13 @@ class ModelGeometry:
     rms_norm_eps: float
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ModelGeometry":
+    def from_config(cls, config: dict[str, Any]) -> ModelGeometry:
         """`config` is the parsed config.json; absent fields take the family's defaults."""
         archs = config.get("architectures") or []
         if len(archs) != 1:
             raise RejuvError(
                 f"config.json must name exactly one architecture in 'architectures', found {archs}; "
-                "set it to e.g. [\"LlamaForCausalLM\"]"
+                'set it to e.g. ["LlamaForCausalLM"]'
             )
         spec = spec_for(archs[0])
         c = {**spec.config_defaults, **{k: v for k, v in config.items() if v is not None}}

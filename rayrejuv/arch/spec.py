@@ -123,9 +123,6 @@ class ArchSpec:
         module, _, param = rel.rpartition(".")
         return TensorRole(layer=layer, kind=self._by_module.get(module), param=param)  # type: ignore[attr-defined]
 
-    def layer_of(self, tensor_name: str) -> int | None:
-        return self.role(tensor_name).layer
-
     def required_tensors(self, num_layers: int, tied: bool) -> list[str]:
         names = [self.embed]
         for layer in range(num_layers):

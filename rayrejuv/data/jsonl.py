@@ -20,7 +20,9 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...], what: str) -> list[dic
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RejuvError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise RejuvError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(row, dict):
                 raise RejuvError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
             for k in fields:

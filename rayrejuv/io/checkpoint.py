@@ -173,22 +173,13 @@ class Checkpoint:
                 "values; repair or replace this checkpoint before rejuvenating it"
             )
 
-    @property
-    def storage_dtype(self) -> torch.dtype:
-        """The dtype that holds most parameters (what 'the checkpoint's dtype' means)."""
-        by_dtype: dict[torch.dtype, int] = {}
-        for m in self._meta.values():
-            if m.dtype.is_floating_point:
-                by_dtype[m.dtype] = by_dtype.get(m.dtype, 0) + m.numel
-        return max(by_dtype, key=by_dtype.__getitem__)
-
     def close(self) -> None:
         for f in self._handles.values():
             f.close()
         self._handles.clear()
         self._pickle_cache.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -136,7 +136,7 @@ class AtomicDir:
         if self.target.exists() and not self.target.is_dir():
             raise RejuvError(f"output path {self.target} exists and is not a directory; choose another --out")
 
-    def __enter__(self) -> "AtomicDir":
+    def __enter__(self) -> AtomicDir:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.target.parent / f".{self.target.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()

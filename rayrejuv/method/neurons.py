@@ -58,11 +58,11 @@ class ResetSet:
     num_neurons: int
 
     @classmethod
-    def empty(cls, num_neurons: int = 0) -> "ResetSet":
+    def empty(cls, num_neurons: int = 0) -> ResetSet:
         return cls({}, {}, num_neurons)
 
     @classmethod
-    def from_global(cls, index: NeuronIndex, selected: torch.Tensor, score: torch.Tensor) -> "ResetSet":
+    def from_global(cls, index: NeuronIndex, selected: torch.Tensor, score: torch.Tensor) -> ResetSet:
         """selected (S,) global indices; score (M,) the relevance each neuron was ranked by."""
         local = index.split(selected)
         offsets = {(b.layer, b.kind.name): b.offset for b in index.blocks}

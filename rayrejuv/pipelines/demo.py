@@ -28,8 +28,17 @@ def build_pair(out: Path, seed: int, progress: bool) -> tuple[Path, Path, Path]:
         return base_dir, sft_dir, calib
     tok = build_char_tokenizer()
     model = build_model(tiny_config("llama", len(tok), hidden_size=64, intermediate_size=128, num_layers=2), seed)
-    train_pairs(model, tok, arith.pretraining_rows(4000, 12, seed), epochs=1, lr=3e-3, batch_size=32, seed=seed,
-                desc="pre-train base", progress=progress)
+    train_pairs(
+        model,
+        tok,
+        arith.pretraining_rows(4000, 12, seed),
+        epochs=1,
+        lr=3e-3,
+        batch_size=32,
+        seed=seed,
+        desc="pre-train base",
+        progress=progress,
+    )
     save(model, tok, base_dir)
     sft_rows = [{"prompt": r["prompt"], "response": r["response"]} for r in arith.problems(256, 9, seed + 1)]
     train_pairs(model, tok, sft_rows, epochs=16, lr=3e-3, batch_size=32, seed=seed, desc="over-SFT", progress=progress)
@@ -55,13 +64,20 @@ def run_demo(out: Path, seed: int, tracking: TrackingConfig, progress: bool = Tr
     results = {}
     for name, fusion_only in (("fusion", True), ("rejuvenation", False)):
         cfg = RejuvenateConfig(
-            base=base, sft=sft, out=out / name, calibration=calib, fusion_only=fusion_only, overwrite=True,
+            base=base,
+            sft=sft,
+            out=out / name,
+            calibration=calib,
+            fusion_only=fusion_only,
+            overwrite=True,
             tracking=tracking,
         )
         report = rejuvenate(cfg, progress=progress)
         results[name] = {"reset_count": report["reset_count"], "timings_s": report["timings_s"]}
-    entropy = {k: mean_response_entropy(p, calib) for k, p in
-               (("base", base), ("sft", sft), ("fusion", out / "fusion"), ("rejuvenation", out / "rejuvenation"))}
+    entropy = {
+        k: mean_response_entropy(p, calib)
+        for k, p in (("base", base), ("sft", sft), ("fusion", out / "fusion"), ("rejuvenation", out / "rejuvenation"))
+    }
     summary = {"entropy": entropy, "runs": results, "out": str(out)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -58,7 +58,9 @@ def rejuvenate_tensor(
     lo, hi = fuse_into(out, theta_sft, theta_base, alpha)
     role = sft.spec.role(name)
     index = reset_set.for_tensor(role.layer, role.kind)
-    resettable = role.param == "weight" or (role.param == "bias" and role.kind is not None and role.kind.axis is Axis.ROW)
+    resettable = role.param == "weight" or (
+        role.param == "bias" and role.kind is not None and role.kind.axis is Axis.ROW
+    )
     if index is not None and resettable:
         sl = neuron_slice(role.kind.axis, index, out.ndim)
         theta = reset(fuse(theta_sft[sl], theta_base[sl], alpha), theta_base[sl], omega)
@@ -104,17 +106,23 @@ def write_shards(
             checksums.update(w.checksums)
             syncs.append(syncer.submit(fsync_file, w.path))
 
-    with ThreadPoolExecutor(1, "rejuv-read") as reader, ThreadPoolExecutor(1, "rejuv-write") as writer, \
-            ThreadPoolExecutor(1, "rejuv-fsync") as syncer, \
-            tqdm(total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(1, "rejuv-read") as reader,
+        ThreadPoolExecutor(1, "rejuv-write") as writer,
+        ThreadPoolExecutor(1, "rejuv-fsync") as syncer,
+        tqdm(total=total, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar,
+    ):
         reads = deque(reader.submit(read_pair, name, base, sft) for _, name, _ in jobs[:2])
         pending: deque[Future] = deque()
         for i, (plan, name, meta) in enumerate(jobs):
             pair = reads.popleft().result()
             if i + 2 < len(jobs):
                 reads.append(reader.submit(read_pair, jobs[i + 2][1], base, sft))
-            pending.append(writer.submit(write, plan, name, rejuvenate_tensor(
-                name, pair, base, sft, reset_set, alpha, omega, meta.dtype)))
+            pending.append(
+                writer.submit(
+                    write, plan, name, rejuvenate_tensor(name, pair, base, sft, reset_set, alpha, omega, meta.dtype)
+                )
+            )
             del pair
             while len(pending) > 2:
                 pending.popleft().result()

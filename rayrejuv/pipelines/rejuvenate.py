@@ -23,9 +23,10 @@ def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
     timer = PhaseTimer()
     with tracked_run(cfg.tracking, run_name=f"rejuvenate:{Path(cfg.sft).name}") as run:
         run.log_params(cfg.model_dump(mode="json"))
-        with Checkpoint(cfg.base, role="base", allow_pickle=cfg.allow_pickle) as base, Checkpoint(
-            cfg.sft, role="SFT", allow_pickle=cfg.allow_pickle
-        ) as sft:
+        with (
+            Checkpoint(cfg.base, role="base", allow_pickle=cfg.allow_pickle) as base,
+            Checkpoint(cfg.sft, role="SFT", allow_pickle=cfg.allow_pickle) as sft,
+        ):
             with timer.phase("validate"):
                 names = check_pair(base, sft)
                 out = AtomicDir(cfg.out, overwrite=cfg.overwrite)  # refuses an existing dir before any work

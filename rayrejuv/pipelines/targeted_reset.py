@@ -55,10 +55,16 @@ def find_reset_set(
     # Step 1: entropies of base and SFT at every response position.
     with timer.phase("entropy"):
         model = load_model(base, dtype, device)
-        h_base = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (base)", unit="batch", disable=not progress)]
+        h_base = [
+            response_entropy(model, b).cpu()
+            for b in tqdm(calib, desc="entropy (base)", unit="batch", disable=not progress)
+        ]
         del model
         model = load_model(sft, dtype, device)
-        h_sft = [response_entropy(model, b).cpu() for b in tqdm(calib, desc="entropy (sft)", unit="batch", disable=not progress)]
+        h_sft = [
+            response_entropy(model, b).cpu()
+            for b in tqdm(calib, desc="entropy (sft)", unit="batch", disable=not progress)
+        ]
         if cfg.attribution_model == "fused":
             fuse_in_place(model, base, sft, cfg.alpha)
 
