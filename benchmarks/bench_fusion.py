@@ -114,7 +114,8 @@ def rayrejuv_help(rayrejuv: Path) -> str:
         raise SystemExit(f"rayrejuv not found at {rayrejuv} (omit it with "
                          "--tools io_floor mergekit)")
     proc = subprocess.run([str(rayrejuv), "rejuvenate", "--help"], check=False,
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+                          capture_output=True, text=True, timeout=300,
+                          env={**subprocess_env(), "COLUMNS": "200"})  # unwrapped help
     if proc.returncode != 0:
         raise SystemExit(f"`{rayrejuv} rejuvenate --help` failed (rc={proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -195,7 +196,7 @@ def prepare_page_cache(mode: str, inputs: list[Path]) -> None:
         try:
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
         except OSError as error:
-            raise SystemExit(f"--page-cache cold needs root to drop caches: {error}")
+            raise SystemExit(f"--page-cache cold needs root to drop caches: {error}") from error
 
 
 # --------------------------------------------------------------------------- running

@@ -71,6 +71,58 @@ def rejuvenate(
     print_rejuvenation_summary(report, time.perf_counter() - t0)
 
 
+testbed_app = typer.Typer(no_args_is_help=True, help="The tiny verifiable math world (built locally).")
+app.add_typer(testbed_app, name="testbed")
+
+
+@testbed_app.command("build")
+def testbed_build(
+    out: Optional[Path] = typer.Option(None, help="testbed directory [default: rayrejuv-testbed]"),
+    seed: Optional[int] = typer.Option(None, help="seed of data, init and data order [default: 0]"),
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="rebuild everything"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (model, data, train sections); flags override"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the run to MLflow [default: on]"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Build (or reuse) the tokenizer, base model, SFT ladder and data files."""
+    from rayrejuv.config import TinyWorldConfig, load_yaml, merge_overrides, validate_config
+    from rayrejuv.pipelines.testbed import build_testbed
+
+    flags = {"out": out, "seed": seed, "force": force, "tracking": _tracking(tracking_uri, None, track)}
+    values = merge_overrides({"out": "rayrejuv-testbed", **load_yaml(config)}, flags)
+    cfg = validate_config(TinyWorldConfig, values)
+    t0 = time.perf_counter()
+    manifest = build_testbed(cfg, progress=not quiet)
+    print(f"testbed ready in {cfg.out} ({time.perf_counter() - t0:.1f}s; build timings {manifest['timings_s']})")
+
+
+@app.command()
+def diagnose(
+    base: Optional[Path] = typer.Option(None, help="base checkpoint directory"),
+    sft: Optional[list[Path]] = typer.Option(None, help="SFT checkpoint; repeat for a ladder"),
+    data: Optional[Path] = typer.Option(None, help="jsonl: prompt + response (loss, entropy) and/or answer (pass@k)"),
+    out: Optional[Path] = typer.Option(None, help="report directory [default: diagnose-<last sft>]"),
+    max_examples: Optional[int] = typer.Option(None, help="examples of --data used [default: 200]"),
+    k: Optional[int] = typer.Option(None, help="k of pass@k [default: 8]"),
+    device: Optional[str] = typer.Option(None, help="evaluation device [default: cpu]"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="replace --out"),
+    config: Optional[Path] = typer.Option(None, help="YAML config; flags override it"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the run to MLflow [default: on]"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Is this checkpoint rigid? Entropy, SFT loss, pass@k gap, drift from base; report + figures."""
+    from rayrejuv.config import DiagnoseConfig, load_yaml, merge_overrides, validate_config
+    from rayrejuv.pipelines.diagnose import diagnose as run
+    from rayrejuv.summary import print_diagnose_summary
+
+    flags = {"base": base, "sft": sft or None, "data": data, "out": out, "max_examples": max_examples, "k": k,
+             "device": device, "overwrite": overwrite, "tracking": _tracking(tracking_uri, None, track)}
+    cfg = validate_config(DiagnoseConfig, merge_overrides(load_yaml(config), flags))
+    print_diagnose_summary(run(cfg, progress=not quiet))
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("rayrejuv-demo"), help="working directory of the demo"),

@@ -126,3 +126,79 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 continue
         out[k] = v
     return out
+
+
+class TinyModelConfig(_Config):
+    family: Literal["llama", "mistral", "qwen2", "qwen3"] = Field("qwen3", description="architecture family")
+    hidden_size: int = Field(128, ge=8, description="model width")
+    intermediate_size: int = Field(384, ge=8, description="MLP width")
+    num_layers: int = Field(4, ge=1, description="decoder layers")
+    num_heads: int = Field(2, ge=1, description="attention heads")
+    num_kv_heads: int = Field(1, ge=1, description="key/value heads (GQA)")
+    head_dim: int = Field(64, ge=8, description="head dimension (vLLM's CPU kernels need 64 or more)")
+
+
+class WorldDataConfig(_Config):
+    id_max: int = Field(20, ge=2, description="largest number in in-distribution problems")
+    ood_max: int = Field(40, ge=2, description="largest number in out-of-distribution problems")
+    sft_examples: int = Field(1000, ge=8, description="size of the fixed SFT set")
+    calibration_examples: int = Field(64, ge=1, description="prompt/response pairs for the targeted reset")
+    rl_train_examples: int = Field(2000, ge=1, description="RL prompts (in-distribution)")
+    eval_examples: int = Field(200, ge=1, description="prompts per eval split (id, ood)")
+    pretrain_texts: int = Field(20000, ge=100, description="generic domain texts for the base")
+
+
+class WorldTrainConfig(_Config):
+    pretrain_epochs: float = Field(2.0, gt=0, description="passes over the pre-training texts")
+    pretrain_lr: float = Field(1e-3, gt=0, description="pre-training learning rate")
+    pretrain_batch_size: int = Field(64, ge=1, description="pre-training batch size")
+    sft_epochs: list[float] = Field(
+        default_factory=lambda: [0.5, 1, 2, 4, 8, 16, 32], description="SFT epochs at which checkpoints are saved"
+    )
+    sft_lr: float = Field(3e-4, gt=0, description="SFT learning rate (constant, no warmup, no weight decay)")
+    sft_batch_size: int = Field(32, ge=1, description="SFT batch size")
+
+    @model_validator(mode="after")
+    def _ladder_sorted(self) -> WorldTrainConfig:
+        if not self.sft_epochs or any(e <= 0 for e in self.sft_epochs) or sorted(set(self.sft_epochs)) != list(
+            self.sft_epochs
+        ):
+            raise ValueError("sft_epochs must be a non-empty, strictly increasing list of positive epochs")
+        return self
+
+
+class TinyWorldConfig(_Config):
+    out: Path = Field(description="testbed directory (base/, sft/epoch-<e>/, data/)")
+    seed: int = Field(0, description="seed of data, initialisation and data order")
+    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    data: WorldDataConfig = Field(default_factory=WorldDataConfig)
+    train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
+    force: bool = Field(False, description="rebuild everything even if cached")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the artefacts (not where they go or how the run is tracked)."""
+        return self.model_dump(mode="json", exclude={"out", "force", "tracking"})
+
+
+class DiagnoseConfig(_Config):
+    base: Path = Field(description="base checkpoint directory")
+    sft: list[Path] = Field(min_length=1, description="SFT checkpoint(s); several make a ladder")
+    data: Path | None = Field(
+        None, description="jsonl with prompt and response (loss, entropy) and/or answer (pass@k) fields"
+    )
+    out: Path | None = Field(None, description="report directory; default diagnose-<last sft name>")
+    max_examples: int = Field(200, ge=1, description="examples of --data used")
+    k: int = Field(8, ge=1, description="k of pass@k (k samples per prompt)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for pass@k")
+    max_new_tokens: int = Field(64, ge=1, description="generation length")
+    batch_size: int = Field(32, ge=1, description="prompts per forward pass")
+    device: str = Field("cpu", description="evaluation device")
+    seed: int = Field(0, description="sampling seed")
+    include_base: bool = Field(True, description="also evaluate the base model, as a reference row")
+    entropy_threshold: float = Field(0.05, ge=0, description="mean token entropy (nats) below which entropy has collapsed")
+    loss_threshold: float = Field(0.01, ge=0, description="SFT loss below which it has saturated")
+    gap_threshold: float = Field(0.05, ge=0, description="pass@k - pass@1 below which diversity has collapsed")
+    heatmaps: int = Field(4, ge=0, description="number of most-drifted matrices drawn as heat maps")
+    overwrite: bool = Field(False, description="replace an existing report directory")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

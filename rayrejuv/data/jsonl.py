@@ -8,7 +8,10 @@ from pathlib import Path
 from rayrejuv.errors import RejuvError
 
 
-def read_jsonl(path: str | Path, fields: tuple[str, ...], what: str) -> list[dict[str, str]]:
+def read_jsonl(
+    path: str | Path, fields: tuple[str, ...], what: str, optional: tuple[str, ...] = ()
+) -> list[dict[str, str]]:
+    """Rows with the required `fields`; an `optional` field is kept only if every row has it."""
     path = Path(path)
     if not path.is_file():
         raise RejuvError(f"{what} file {path} does not exist; pass a jsonl file with fields {list(fields)}")
@@ -28,7 +31,11 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...], what: str) -> list[dic
             for k in fields:
                 if not isinstance(row.get(k), str) or not row[k]:
                     raise RejuvError(f"{path}:{lineno}: field {k!r} must be a non-empty string; fields: {list(fields)}")
-            rows.append({k: row[k] for k in fields})
+            rows.append({k: row[k] for k in (*fields, *optional) if isinstance(row.get(k), str)})
     if not rows:
         raise RejuvError(f"{what} file {path} is empty; it needs jsonl lines with fields {list(fields)}")
+    for k in optional:
+        if not all(k in r for r in rows):
+            for r in rows:
+                r.pop(k, None)
     return rows

@@ -13,7 +13,8 @@ from rayrejuv.io.writer import MANIFEST, AtomicDir, copy_side_files, plan_shards
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.pipelines.fuse_reset import output_entries, write_shards
 from rayrejuv.pipelines.targeted_reset import find_reset_set, neuron_index
-from rayrejuv.report import REPORT, RESET_MAP, plot_reset_map, write_report
+from rayrejuv.plots import plot_reset_map
+from rayrejuv.report import REPORT, RESET_MAP, write_report
 from rayrejuv.timing import PhaseTimer
 from rayrejuv.tracking import tracked_run
 

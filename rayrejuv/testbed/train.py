@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.data.calibration import collate, tokenize_pairs
+
+
+def steps_for(epochs: float, num_examples: int, batch_size: int) -> int:
+    return max(1, round(epochs * num_examples / batch_size))
+
+
+def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """The example indices of every step: a function of the seed alone, so runs of different
+    lengths (and a resumed run) see the same sequence."""
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < num_steps * batch_size:
+        order += torch.randperm(num_examples, generator=g).tolist()
+    return [order[s * batch_size : (s + 1) * batch_size] for s in range(num_steps)]
 
 
 def train_pairs(
@@ -19,25 +35,28 @@ def train_pairs(
     seed: int,
     desc: str = "train",
     progress: bool = True,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    on_step: Callable[[int, float, torch.optim.Optimizer], None] | None = None,
 ) -> list[float]:
     """Teacher-forced training on prompt/response pairs, loss on response tokens only.
 
-    A row with an empty prompt trains on its whole text (pre-training). The data order is a
-    function of `seed` alone, so runs of different lengths see the same sequence.
-    Returns the loss of every step.
+    A row with an empty prompt trains on its whole text (pre-training). `on_step(step, loss,
+    optimizer)` runs after every step (1-based), e.g. to save ladder checkpoints; `start_step` and
+    `optimizer_state` resume a run. Returns the loss of every step run.
     """
     examples = tokenize_pairs(tokenizer, rows, max_length=1 << 16)
-    pad = tokenizer.pad_token_id
-    g = torch.Generator().manual_seed(seed)
-    n_steps = max(1, round(epochs * len(examples) / batch_size))
-    order: list[int] = []
-    while len(order) < n_steps * batch_size:
-        order += torch.randperm(len(examples), generator=g).tolist()
+    n_steps = steps_for(epochs, len(examples), batch_size)
+    order = batch_order(len(examples), n_steps, batch_size, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
     model.train()
     losses = []
-    for step in tqdm(range(n_steps), desc=desc, unit="step", disable=not progress):
-        batch = collate([examples[i] for i in order[step * batch_size : (step + 1) * batch_size]], pad)
+    bar = tqdm(range(start_step, n_steps), desc=desc, unit="step", disable=not progress, initial=start_step,
+               total=n_steps)
+    for step in bar:
+        batch = collate([examples[i] for i in order[step]], tokenizer.pad_token_id)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
         targets = batch.input_ids[:, 1:].masked_fill(~batch.response_mask[:, :-1], -100)  # (B, T-1)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -45,5 +64,11 @@ def train_pairs(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if on_step is not None:
+            model.eval()
+            on_step(step + 1, losses[-1], opt)
+            model.train()
     model.eval()
     return losses

@@ -1,0 +1,89 @@
+"""Evaluation of a causal LM on prompt/response and prompt/answer data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rayrejuv.data.calibration import batches, tokenize_pairs
+from rayrejuv.method.entropy import token_entropy
+from rayrejuv.method.metrics import pass_at_k
+from rayrejuv.rewards import is_correct
+
+
+@torch.no_grad()
+def teacher_forced_stats(model, tokenizer, rows: list[dict[str, str]], batch_size: int = 32,
+                         max_length: int = 512) -> dict[str, float]:
+    """SFT cross-entropy and mean predictive entropy over response tokens (teacher-forced)."""
+    device = next(model.parameters()).device
+    total_loss, total_entropy, n = 0.0, 0.0, 0
+    for b in batches(tokenize_pairs(tokenizer, rows, max_length), batch_size, tokenizer.pad_token_id):
+        logits = model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device)).logits.float()
+        mask = b.response_mask[:, :-1].to(device)  # (B, T-1): position t predicts a response token
+        logits = logits[:, :-1][mask]  # (N, V)
+        targets = b.input_ids[:, 1:].to(device)[mask]  # (N,)
+        total_loss += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        total_entropy += float(token_entropy(logits).sum())
+        n += int(mask.sum())
+    return {"sft_loss": total_loss / n, "entropy": total_entropy / n, "tokens": n}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, num_samples: int, do_sample: bool, temperature: float = 1.0,
+             max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0, progress: bool = False,
+             desc: str = "generate") -> list[list[str]]:
+    """Completions (decoded, special tokens removed) for every prompt: num_samples each."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    try:
+        for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_samples,
+                temperature=temperature if do_sample else None, top_p=1.0 if do_sample else None, top_k=0 if do_sample else None,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [texts[j : j + num_samples] for j in range(0, len(texts), num_samples)]
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+@dataclass
+class PassAtK:
+    pass_at_1: float  # greedy
+    pass_at_k: float  # unbiased estimate from n samples
+    sample_accuracy: float  # mean correctness of the samples
+    k: int
+    n: int
+
+    @property
+    def gap(self) -> float:
+        return self.pass_at_k - self.pass_at_1
+
+
+def evaluate_pass_at_k(model, tokenizer, rows: list[dict[str, str]], *, k: int = 8, n: int | None = None,
+                       temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0,
+                       progress: bool = False) -> PassAtK:
+    n = n or k
+    prompts = [r["prompt"] for r in rows]
+    greedy = generate(model, tokenizer, prompts, num_samples=1, do_sample=False, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size, progress=progress, desc="greedy")
+    samples = generate(model, tokenizer, prompts, num_samples=n, do_sample=True, temperature=temperature,
+                       max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // n), seed=seed,
+                       progress=progress, desc=f"sample x{n}")
+    g = [is_correct(c[0], r["answer"]) for c, r in zip(greedy, rows)]
+    correct = [sum(is_correct(s, r["answer"]) for s in c) for c, r in zip(samples, rows)]
+    return PassAtK(
+        pass_at_1=sum(g) / len(rows),
+        pass_at_k=sum(pass_at_k(n, c, k) for c in correct) / len(rows),
+        sample_accuracy=sum(correct) / (n * len(rows)),
+        k=k,
+        n=n,
+    )

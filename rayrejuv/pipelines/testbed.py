@@ -1,0 +1,199 @@
+"""`rayrejuv testbed build`: a tiny verifiable math world where the paper's story can happen.
+
+    DIR/tokenizer/              character tokenizer (standard HF files)
+    DIR/base/                   tiny model "pre-trained" on generic domain text
+    DIR/sft/epoch-<e>/          the SFT ladder (constant LR, same data order), e = 0.5 ... 32
+    DIR/data/*.jsonl            sft, calibration (prompt/response); rl_train, eval_id, eval_ood
+                                (prompt/answer, with the worked response as well)
+    DIR/testbed.json            the config it was built with, timings, losses
+
+Every step is cached: a re-run reuses what exists and resumes an interrupted ladder from its
+last saved state; `force` rebuilds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rayrejuv.config import TinyWorldConfig
+from rayrejuv.errors import RejuvError
+from rayrejuv.models.saving import save_checkpoint, save_state
+from rayrejuv.testbed import task
+from rayrejuv.testbed.tiny import build_model, tiny_config
+from rayrejuv.testbed.tokenizer import build_char_tokenizer
+from rayrejuv.testbed.train import steps_for, train_pairs
+from rayrejuv.timing import PhaseTimer
+from rayrejuv.tracking import tracked_run
+
+MANIFEST = "testbed.json"
+DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood")
+
+
+@dataclass(frozen=True)
+class TestbedLayout:
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def sft(self, epoch: float) -> Path:
+        return self.root / "sft" / f"epoch-{epoch:g}"
+
+    def data(self, name: str) -> Path:
+        return self.root / "data" / f"{name}.jsonl"
+
+    @property
+    def sft_state(self) -> Path:
+        return self.root / ".state" / "sft-last.pt"
+
+
+def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
+    layout = TestbedLayout(Path(cfg.out))
+    _claim_directory(layout, cfg)
+    timer = PhaseTimer()
+    with tracked_run(cfg.tracking, run_name=f"testbed:{layout.root.name}") as run:
+        run.log_params(cfg.model_dump(mode="json"))
+        with timer.phase("data"):
+            rows = write_data(layout, cfg)
+        tok = build_char_tokenizer()
+        tok.save_pretrained(layout.tokenizer)
+        with timer.phase("pretrain"):
+            pretrain_losses = ensure_base(layout, cfg, tok, progress, run)
+        with timer.phase("sft_ladder"):
+            sft_losses = ensure_ladder(layout, cfg, tok, rows["sft"], progress, run)
+        manifest = json.loads((layout.root / MANIFEST).read_text())
+        manifest["timings_s"] = {**manifest.get("timings_s", {}), **{k: round(v, 2) for k, v in timer.seconds.items()}}
+        if pretrain_losses:
+            manifest["pretrain_final_loss"] = pretrain_losses[-1]
+        if sft_losses:
+            manifest["sft_losses"] = sft_losses
+        manifest["complete"] = True
+        _write_json(layout.root / MANIFEST, manifest)
+        run.log_metrics({f"time.{k}": v for k, v in timer.seconds.items()})
+        run.log_artifact(layout.root / MANIFEST)
+    return manifest
+
+
+def _claim_directory(layout: TestbedLayout, cfg: TinyWorldConfig) -> None:
+    """A directory belongs to one config: reuse it only when the fingerprints match."""
+    manifest = layout.root / MANIFEST
+    if cfg.force and layout.root.exists():
+        if not manifest.is_file() and any(layout.root.iterdir()):
+            raise RejuvError(f"{layout.root} is not a testbed directory (no {MANIFEST}); refusing to delete it")
+        shutil.rmtree(layout.root)
+    if manifest.is_file():
+        built = json.loads(manifest.read_text())["config"]
+        if built != cfg.fingerprint():
+            raise RejuvError(
+                f"{layout.root} holds a testbed built with another config; pass --force to rebuild it, "
+                "or choose another --out"
+            )
+        return
+    if layout.root.exists() and any(layout.root.iterdir()):
+        raise RejuvError(f"{layout.root} exists and is not a testbed directory; choose another --out")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _write_json(manifest, {"config": cfg.fingerprint(), "complete": False})
+
+
+def write_data(layout: TestbedLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:
+    """Deterministic in the seed: regenerated on every run (cheap) and rewritten atomically."""
+    d, seed = cfg.data, cfg.seed
+    splits = task.default_splits(d.id_max, d.ood_max)
+    pool = task.generate(splits["id"], d.sft_examples + d.calibration_examples + d.rl_train_examples
+                         + d.eval_examples, seed)
+    a, b, c = d.sft_examples, d.sft_examples + d.calibration_examples, d.sft_examples + d.calibration_examples \
+        + d.rl_train_examples
+    rows = {
+        "sft": pool[:a],
+        "calibration": pool[a:b],
+        "rl_train": pool[b:c],
+        "eval_id": pool[c:],
+        "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
+    }
+    fields = {"sft": ("prompt", "response"), "calibration": ("prompt", "response")}
+    for name, items in rows.items():
+        keep = fields.get(name, ("prompt", "answer", "response"))
+        path = layout.data(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in items))
+        tmp.replace(path)
+    return rows
+
+
+def _new_model(cfg: TinyWorldConfig, tok):
+    m = cfg.model
+    config = tiny_config(m.family, len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                         head_dim=m.head_dim, max_position_embeddings=256)
+    return build_model(config, seed=cfg.seed)
+
+
+def ensure_base(layout: TestbedLayout, cfg: TinyWorldConfig, tok, progress: bool, run) -> list[float]:
+    if layout.base.is_dir():
+        return []
+    torch.manual_seed(cfg.seed)
+    model = _new_model(cfg, tok)
+    t = cfg.train
+    texts = task.pretraining_text(cfg.data.pretrain_texts, cfg.data.ood_max, cfg.seed)
+
+    def log(step: int, loss: float, _opt) -> None:
+        if step % 10 == 0:
+            run.log_metrics({"pretrain.loss": loss}, step=step)
+
+    losses = train_pairs(model, tok, texts, epochs=t.pretrain_epochs, lr=t.pretrain_lr,
+                         batch_size=t.pretrain_batch_size, seed=cfg.seed, desc="pre-train base",
+                         progress=progress, on_step=log)
+    save_checkpoint(model, tok, layout.base)
+    return losses
+
+
+def ensure_ladder(layout: TestbedLayout, cfg: TinyWorldConfig, tok, sft_rows, progress: bool, run) -> dict:
+    """SFT the base once, saving HF checkpoints at every ladder epoch and a resumable state."""
+    from transformers import AutoModelForCausalLM
+
+    t = cfg.train
+    epochs = list(t.sft_epochs)
+    if all(layout.sft(e).is_dir() for e in epochs):
+        return {}
+    save_at = {steps_for(e, len(sft_rows), t.sft_batch_size): e for e in epochs}
+    model = AutoModelForCausalLM.from_pretrained(layout.base, dtype=torch.float32)
+    start, opt_state = 0, None
+    if layout.sft_state.is_file():
+        state = torch.load(layout.sft_state, weights_only=True)
+        model.load_state_dict(state["model"])
+        start, opt_state = state["step"], state["optimizer"]
+    losses_at: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def snapshot(step: int, loss: float, opt) -> None:
+        if step % 10 == 0:
+            run.log_metrics({"sft.loss": loss}, step=step)
+        if step in save_at:
+            e = save_at[step]
+            if not layout.sft(e).is_dir():
+                save_checkpoint(model, tok, layout.sft(e))
+            save_state({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, layout.sft_state)
+            losses_at[f"{e:g}"] = loss
+            run.log_metrics({"sft.ladder_elapsed_s": time.perf_counter() - t0}, step=step)
+
+    train_pairs(model, tok, sft_rows, epochs=epochs[-1], lr=t.sft_lr, batch_size=t.sft_batch_size, seed=cfg.seed,
+                desc="SFT ladder", progress=progress, start_step=start, optimizer_state=opt_state, on_step=snapshot)
+    return losses_at
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,95 @@
+"""Figures (matplotlib, Agg backend): where people would rather look than read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayrejuv.method.neurons import ResetSet
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_reset_map(reset: ResetSet, num_layers: int, kinds: list[str], path: Path) -> None:
+    """Heat map of reset neurons: layers (rows) x module kinds (columns)."""
+    import numpy as np
+
+    plt = _plt()
+    counts = np.zeros((num_layers, len(kinds)))
+    for (layer, kind), idx in reset.indices.items():
+        counts[layer, kinds.index(kind)] = idx.numel()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(kinds), 1.2 + 0.28 * num_layers))
+    im = ax.imshow(counts, aspect="auto", cmap="magma_r", origin="lower")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right")
+    ax.set_ylabel("layer")
+    ax.set_title(f"reset neurons ({reset.size} of {reset.num_neurons})")
+    fig.colorbar(im, ax=ax, label="neurons reset")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_drift_by_layer(drift: dict[str, list[dict]], path: Path) -> None:
+    """Per checkpoint, mean-squared drift from base per layer, one line per module kind."""
+    plt = _plt()
+    labels = list(drift)
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.4), squeeze=False, sharey=True)
+    for ax, label in zip(axes[0], labels):
+        kinds = sorted({r["module"] for r in drift[label] if r["layer"] is not None})
+        for kind in kinds:
+            rows = sorted((r for r in drift[label] if r["module"] == kind and r["layer"] is not None),
+                          key=lambda r: r["layer"])
+            ax.plot([r["layer"] for r in rows], [r["msd"] for r in rows], marker="o", ms=3, label=kind)
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("mean squared drift from base")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmaps(maps: list[tuple[str, "object"]], title: str, path: Path) -> None:
+    """|theta_SFT - theta_base| of the most-drifted matrices, max-pooled (spikes stay visible)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps):
+        im = ax.imshow(m.numpy(), aspect="auto", cmap="viridis")
+        ax.set_title(name.replace("model.layers.", "L"), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ladder(rows: list[dict], xs: list[float], xlabel: str, path: Path) -> None:
+    """SFT loss, entropy, pass@1 / pass@k and their gap along a ladder of checkpoints."""
+    plt = _plt()
+    panels = [("sft_loss", "SFT loss", True), ("entropy", "token entropy (nats)", True),
+              (("pass_at_1", "pass_at_k"), "accuracy", False), ("pass_gap", "pass@k - pass@1", False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.4))
+    for ax, (key, label, log) in zip(axes, panels):
+        for k in (key if isinstance(key, tuple) else (key,)):
+            ys = [r.get(k) for r in rows]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, marker="o", label=k.replace("_at_", "@"))
+        ax.set_xscale("log", base=2)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(label)
+        if isinstance(key, tuple):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

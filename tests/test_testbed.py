@@ -1,0 +1,128 @@
+"""The tiny world: task generator, tokenizer, cached + resumable build."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from rayrejuv.config import TinyWorldConfig
+from rayrejuv.errors import RejuvError
+from rayrejuv.pipelines.testbed import TestbedLayout, build_testbed
+from rayrejuv.testbed import task
+
+SMALL = {
+    "model": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+              "head_dim": 32},
+    "data": {"sft_examples": 48, "calibration_examples": 8, "rl_train_examples": 16, "eval_examples": 12,
+             "pretrain_texts": 128},
+    "train": {"pretrain_epochs": 1, "sft_epochs": [0.5, 1, 2], "sft_batch_size": 16},
+    "tracking": {"enabled": False},
+}
+
+
+def small_config(out, **kw):
+    return TinyWorldConfig(out=out, **{**SMALL, **kw})
+
+
+def _check_solution(row):
+    steps = re.findall(r"(\d+)([+-])(\d+)=(\d+)\.", row["response"])
+    assert steps, row
+    prev = None
+    for a, op, b, c in steps:
+        a, b, c = int(a), int(b), int(c)
+        assert c == (a + b if op == "+" else a - b) and c >= 0
+        if prev is not None:
+            assert a == prev  # each step continues from the last result
+        prev = c
+    assert row["response"].endswith(f"#### {prev}") and row["answer"] == str(prev)
+    return len(steps)
+
+
+def test_generator_is_deterministic_and_every_solution_verifies():
+    splits = task.default_splits()
+    a, b = task.generate(splits["id"], 300, seed=5), task.generate(splits["id"], 300, seed=5)
+    assert a == b and a != task.generate(splits["id"], 300, seed=6)
+    assert {_check_solution(r) for r in a} == {2}
+    ood = task.generate(splits["ood"], 300, seed=5)
+    assert {_check_solution(r) for r in ood} == {3}
+    assert all(int(x) <= 20 for r in a for x in re.findall(r"\d+", r["prompt"]))
+    assert any(int(x) > 20 for r in ood for x in re.findall(r"\d+", r["prompt"]))
+    assert not set(task.OOD_TEMPLATES) & set(task.ID_TEMPLATES)
+
+
+def test_pretraining_text_never_shows_the_task_format():
+    rows = task.pretraining_text(500, 20, seed=0)
+    assert all("####" not in r["response"] and "Q:" not in r["response"] and "A:" not in r["response"] for r in rows)
+
+
+def test_tokenizer_round_trip(tokenizer):
+    for r in task.generate(task.default_splits()["ood"], 50, seed=1):
+        text = r["prompt"] + r["response"]
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_build_layout_loads_and_is_cached(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = small_config(tmp_path / "tb")
+    m = build_testbed(cfg, progress=False)
+    layout = TestbedLayout(tmp_path / "tb")
+    assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
+    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood"):
+        rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
+        assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
+        assert set(rows[0]) == ({"prompt", "response"} if name in ("sft", "calibration") else
+                                {"prompt", "answer", "response"})
+    for d in [layout.base] + [layout.sft(e) for e in (0.5, 1, 2)]:
+        model = AutoModelForCausalLM.from_pretrained(d)
+        assert model.config.architectures == ["Qwen3ForCausalLM"]
+        AutoTokenizer.from_pretrained(d)
+    assert (layout.root / "sft" / "epoch-0.5").is_dir()
+    mtimes = {p: p.stat().st_mtime_ns for p in layout.root.rglob("*.safetensors")}
+    again = build_testbed(cfg, progress=False)  # cached: nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in layout.root.rglob("*.safetensors")} == mtimes
+    assert again["complete"]
+    with pytest.raises(RejuvError, match="another config; pass --force"):
+        build_testbed(small_config(tmp_path / "tb", seed=1), progress=False)
+
+
+def test_interrupted_ladder_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from rayrejuv.pipelines import testbed as tb
+
+    clean = small_config(tmp_path / "clean")
+    build_testbed(clean, progress=False)
+
+    real = tb.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_first_ladder_save(model, tok, target, **kw):
+        real(model, tok, target, **kw)
+        if "sft" in str(target):
+            calls["n"] += 1
+            if calls["n"] == 2:  # epoch-1 saved, then the machine dies
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(tb, "save_checkpoint", crash_after_first_ladder_save)
+    cfg = small_config(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        build_testbed(cfg, progress=False)
+    layout = TestbedLayout(tmp_path / "resumed")
+    assert layout.sft(1).is_dir() and not layout.sft(2).is_dir()
+    monkeypatch.setattr(tb, "save_checkpoint", real)
+    build_testbed(cfg, progress=False)
+    a = load_file(TestbedLayout(tmp_path / "clean").sft(2) / "model.safetensors")
+    b = load_file(layout.sft(2) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_force_refuses_a_foreign_directory(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RejuvError, match="not a testbed directory"):
+        build_testbed(small_config(tmp_path / "mine", force=True), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").exists()
