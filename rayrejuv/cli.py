@@ -117,8 +117,17 @@ def diagnose(
     from rayrejuv.pipelines.diagnose import diagnose as run
     from rayrejuv.summary import print_diagnose_summary
 
-    flags = {"base": base, "sft": sft or None, "data": data, "out": out, "max_examples": max_examples, "k": k,
-             "device": device, "overwrite": overwrite, "tracking": _tracking(tracking_uri, None, track)}
+    flags = {
+        "base": base,
+        "sft": sft or None,
+        "data": data,
+        "out": out,
+        "max_examples": max_examples,
+        "k": k,
+        "device": device,
+        "overwrite": overwrite,
+        "tracking": _tracking(tracking_uri, None, track),
+    }
     cfg = validate_config(DiagnoseConfig, merge_overrides(load_yaml(config), flags))
     print_diagnose_summary(run(cfg, progress=not quiet))
 

@@ -160,8 +160,10 @@ class WorldTrainConfig(_Config):
 
     @model_validator(mode="after")
     def _ladder_sorted(self) -> WorldTrainConfig:
-        if not self.sft_epochs or any(e <= 0 for e in self.sft_epochs) or sorted(set(self.sft_epochs)) != list(
-            self.sft_epochs
+        if (
+            not self.sft_epochs
+            or any(e <= 0 for e in self.sft_epochs)
+            or sorted(set(self.sft_epochs)) != list(self.sft_epochs)
         ):
             raise ValueError("sft_epochs must be a non-empty, strictly increasing list of positive epochs")
         return self
@@ -196,7 +198,9 @@ class DiagnoseConfig(_Config):
     device: str = Field("cpu", description="evaluation device")
     seed: int = Field(0, description="sampling seed")
     include_base: bool = Field(True, description="also evaluate the base model, as a reference row")
-    entropy_threshold: float = Field(0.05, ge=0, description="mean token entropy (nats) below which entropy has collapsed")
+    entropy_threshold: float = Field(
+        0.05, ge=0, description="mean token entropy (nats) below which entropy has collapsed"
+    )
     loss_threshold: float = Field(0.01, ge=0, description="SFT loss below which it has saturated")
     gap_threshold: float = Field(0.05, ge=0, description="pass@k - pass@1 below which diversity has collapsed")
     heatmaps: int = Field(4, ge=0, description="number of most-drifted matrices drawn as heat maps")

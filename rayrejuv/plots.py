@@ -43,8 +43,9 @@ def plot_drift_by_layer(drift: dict[str, list[dict]], path: Path) -> None:
     for ax, label in zip(axes[0], labels):
         kinds = sorted({r["module"] for r in drift[label] if r["layer"] is not None})
         for kind in kinds:
-            rows = sorted((r for r in drift[label] if r["module"] == kind and r["layer"] is not None),
-                          key=lambda r: r["layer"])
+            rows = sorted(
+                (r for r in drift[label] if r["module"] == kind and r["layer"] is not None), key=lambda r: r["layer"]
+            )
             ax.plot([r["layer"] for r in rows], [r["msd"] for r in rows], marker="o", ms=3, label=kind)
         ax.set_yscale("log")
         ax.set_title(label)
@@ -56,7 +57,7 @@ def plot_drift_by_layer(drift: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_heatmaps(maps: list[tuple[str, "object"]], title: str, path: Path) -> None:
+def plot_heatmaps(maps: list[tuple[str, object]], title: str, path: Path) -> None:
     """|theta_SFT - theta_base| of the most-drifted matrices, max-pooled (spikes stay visible)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.4), squeeze=False)
@@ -75,11 +76,15 @@ def plot_heatmaps(maps: list[tuple[str, "object"]], title: str, path: Path) -> N
 def plot_ladder(rows: list[dict], xs: list[float], xlabel: str, path: Path) -> None:
     """SFT loss, entropy, pass@1 / pass@k and their gap along a ladder of checkpoints."""
     plt = _plt()
-    panels = [("sft_loss", "SFT loss", True), ("entropy", "token entropy (nats)", True),
-              (("pass_at_1", "pass_at_k"), "accuracy", False), ("pass_gap", "pass@k - pass@1", False)]
+    panels = [
+        ("sft_loss", "SFT loss", True),
+        ("entropy", "token entropy (nats)", True),
+        (("pass_at_1", "pass_at_k"), "accuracy", False),
+        ("pass_gap", "pass@k - pass@1", False),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.4))
     for ax, (key, label, log) in zip(axes, panels):
-        for k in (key if isinstance(key, tuple) else (key,)):
+        for k in key if isinstance(key, tuple) else (key,):
             ys = [r.get(k) for r in rows]
             if all(y is not None for y in ys):
                 ax.plot(xs, ys, marker="o", label=k.replace("_at_", "@"))

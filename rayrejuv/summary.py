@@ -44,13 +44,23 @@ def print_demo_summary(summary: dict, wall_s: float) -> None:
 def print_diagnose_summary(result: dict) -> None:
     c = Console()
     t = Table(title=f"rayrejuv diagnose -> {result['out']}")
-    cols = [("checkpoint", "checkpoint"), ("sft_loss", "SFT loss"), ("entropy", "entropy"), ("pass_at_1", "pass@1"),
-            ("pass_at_k", "pass@k"), ("pass_gap", "gap"), ("drift_rel_max", "max rel drift"), ("verdict", "verdict")]
+    cols = [
+        ("checkpoint", "checkpoint"),
+        ("sft_loss", "SFT loss"),
+        ("entropy", "entropy"),
+        ("pass_at_1", "pass@1"),
+        ("pass_at_k", "pass@k"),
+        ("pass_gap", "gap"),
+        ("drift_rel_max", "max rel drift"),
+        ("verdict", "verdict"),
+    ]
     for _, title in cols:
         t.add_column(title, justify="left" if title in ("checkpoint", "verdict") else "right", no_wrap=True)
     for r in result["rows"]:
         t.add_row(*[f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k, _ in cols])
     c.print(t)
     th = result["thresholds"]
-    c.print(f"symptoms: entropy < {th['entropy']}, SFT loss < {th['sft_loss']}, pass@k - pass@1 < {th['pass_gap']}; "
-            "two or more = rigid")
+    c.print(
+        f"symptoms: entropy < {th['entropy']}, SFT loss < {th['sft_loss']}, pass@k - pass@1 < {th['pass_gap']}; "
+        "two or more = rigid"
+    )

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -97,3 +98,27 @@ def test_demo_builds_and_rejuvenates_tiny_models(tmp_path):
     assert h["sft"] < h["base"]  # the over-trained model is over-confident
     assert h["fusion"] > h["sft"] and h["rejuvenation"] > h["sft"]  # rejuvenation restores entropy
     assert summary["runs"]["rejuvenation"]["reset_count"] > 0 == summary["runs"]["fusion"]["reset_count"]
+
+
+def test_testbed_build_cli_with_yaml_and_mlflow(tmp_path):
+    from test_testbed import SMALL
+
+    cfg = tmp_path / "tb.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "tracking"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = _cli(
+        "testbed", "build", "--out", tmp_path / "tb", "--config", cfg, "--tracking-uri", uri, "--quiet", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tb" / "sft" / "epoch-2" / "model.safetensors").is_file()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["rayrejuv"], output_format="list")
+    assert run.data.params["train.sft_lr"] == "0.0003" and run.data.params["model.family"] == "qwen3"
+    client = mlflow.MlflowClient()
+    sft = client.get_metric_history(run.info.run_id, "sft.loss")
+    assert [m.step for m in sft] == [1, 2, 3, 4, 5, 6]  # 48 examples / batch 16 x 2 epochs
+    assert len(client.get_metric_history(run.info.run_id, "pretrain.loss")) == 2
+    manifest = json.loads((tmp_path / "tb" / "testbed.json").read_text())
+    assert manifest["sft_losses"]["2"] == pytest.approx(sft[-1].value)

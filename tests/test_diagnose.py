@@ -32,13 +32,16 @@ def test_drift_statistics_are_direct_tensor_arithmetic():
     assert float(pooled[0, 0]) == pytest.approx(float(d[:4, :3].abs().max()), rel=1e-6)
 
 
-@pytest.mark.parametrize("text,answer", [
-    (" 3+4=7. 7-2=5. #### 5", "5"),
-    ("so \\boxed{12} is it", "12"),
-    ("#### 3 then #### 4.", "4"),
-    ("no answer here", None),
-    ("\\boxed{1", None),
-])
+@pytest.mark.parametrize(
+    "text,answer",
+    [
+        (" 3+4=7. 7-2=5. #### 5", "5"),
+        ("so \\boxed{12} is it", "12"),
+        ("#### 3 then #### 4.", "4"),
+        ("no answer here", None),
+        ("\\boxed{1", None),
+    ],
+)
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
@@ -51,20 +54,28 @@ def test_is_correct_numbers_and_malformed():
 
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory):
-    from rayrejuv.pipelines.testbed import TestbedLayout, build_testbed
     from test_testbed import small_config
+
+    from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
 
     root = tmp_path_factory.mktemp("ladder") / "tb"
     build_testbed(small_config(root), progress=False)
-    return TestbedLayout(root)
+    return WorldLayout(root)
 
 
 def test_diagnose_writes_report_figures_and_json(ladder, tmp_path):
     from rayrejuv.config import DiagnoseConfig
     from rayrejuv.pipelines.diagnose import diagnose
 
-    cfg = DiagnoseConfig(base=ladder.base, sft=[ladder.sft(e) for e in (0.5, 1, 2)], data=ladder.data("eval_id"),
-                         out=tmp_path / "dg", max_examples=6, k=4, tracking={"enabled": False})
+    cfg = DiagnoseConfig(
+        base=ladder.base,
+        sft=[ladder.sft(e) for e in (0.5, 1, 2)],
+        data=ladder.data("eval_id"),
+        out=tmp_path / "dg",
+        max_examples=6,
+        k=4,
+        tracking={"enabled": False},
+    )
     result = diagnose(cfg, progress=False)
     out = tmp_path / "dg"
     on_disk = json.loads((out / "diagnose.json").read_text())
@@ -76,6 +87,7 @@ def test_diagnose_writes_report_figures_and_json(ladder, tmp_path):
     assert losses == sorted(losses, reverse=True)  # SFT lowers its own loss along the ladder
     drift = on_disk["drift"]["epoch-2"]
     from rayrejuv.io.checkpoint import Checkpoint
+
     b, s = Checkpoint(ladder.base), Checkpoint(ladder.sft(2))
     name = "model.layers.1.mlp.down_proj.weight"
     row = next(d for d in drift if d["name"] == name)
@@ -93,6 +105,10 @@ def test_diagnose_cli_refuses_mismatched_pair(ladder, tmp_path, make_pair):
     import sys
 
     _, sft = make_pair("llama")
-    r = subprocess.run([sys.executable, "-m", "rayrejuv", "diagnose", "--base", str(ladder.base), "--sft", str(sft),
-                        "--no-track"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "rayrejuv", "diagnose", "--base", str(ladder.base), "--sft", str(sft), "--no-track"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "base is Qwen3ForCausalLM but SFT is LlamaForCausalLM" in r.stderr

@@ -8,14 +8,25 @@ import torch
 
 from rayrejuv.config import TinyWorldConfig
 from rayrejuv.errors import RejuvError
-from rayrejuv.pipelines.testbed import TestbedLayout, build_testbed
+from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
 from rayrejuv.testbed import task
 
 SMALL = {
-    "model": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
-              "head_dim": 32},
-    "data": {"sft_examples": 48, "calibration_examples": 8, "rl_train_examples": 16, "eval_examples": 12,
-             "pretrain_texts": 128},
+    "model": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_layers": 2,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "head_dim": 32,
+    },
+    "data": {
+        "sft_examples": 48,
+        "calibration_examples": 8,
+        "rl_train_examples": 16,
+        "eval_examples": 12,
+        "pretrain_texts": 128,
+    },
     "train": {"pretrain_epochs": 1, "sft_epochs": [0.5, 1, 2], "sft_batch_size": 16},
     "tracking": {"enabled": False},
 }
@@ -69,13 +80,14 @@ def test_build_layout_loads_and_is_cached(tmp_path):
 
     cfg = small_config(tmp_path / "tb")
     m = build_testbed(cfg, progress=False)
-    layout = TestbedLayout(tmp_path / "tb")
+    layout = WorldLayout(tmp_path / "tb")
     assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
     for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood"):
         rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
         assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
-        assert set(rows[0]) == ({"prompt", "response"} if name in ("sft", "calibration") else
-                                {"prompt", "answer", "response"})
+        assert set(rows[0]) == (
+            {"prompt", "response"} if name in ("sft", "calibration") else {"prompt", "answer", "response"}
+        )
     for d in [layout.base] + [layout.sft(e) for e in (0.5, 1, 2)]:
         model = AutoModelForCausalLM.from_pretrained(d)
         assert model.config.architectures == ["Qwen3ForCausalLM"]
@@ -111,11 +123,11 @@ def test_interrupted_ladder_resumes_to_the_same_weights(tmp_path, monkeypatch):
     cfg = small_config(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         build_testbed(cfg, progress=False)
-    layout = TestbedLayout(tmp_path / "resumed")
+    layout = WorldLayout(tmp_path / "resumed")
     assert layout.sft(1).is_dir() and not layout.sft(2).is_dir()
     monkeypatch.setattr(tb, "save_checkpoint", real)
     build_testbed(cfg, progress=False)
-    a = load_file(TestbedLayout(tmp_path / "clean").sft(2) / "model.safetensors")
+    a = load_file(WorldLayout(tmp_path / "clean").sft(2) / "model.safetensors")
     b = load_file(layout.sft(2) / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -14,8 +14,9 @@ from rayrejuv.rewards import is_correct
 
 
 @torch.no_grad()
-def teacher_forced_stats(model, tokenizer, rows: list[dict[str, str]], batch_size: int = 32,
-                         max_length: int = 512) -> dict[str, float]:
+def teacher_forced_stats(
+    model, tokenizer, rows: list[dict[str, str]], batch_size: int = 32, max_length: int = 512
+) -> dict[str, float]:
     """SFT cross-entropy and mean predictive entropy over response tokens (teacher-forced)."""
     device = next(model.parameters()).device
     total_loss, total_entropy, n = 0.0, 0.0, 0
@@ -31,9 +32,20 @@ def teacher_forced_stats(model, tokenizer, rows: list[dict[str, str]], batch_siz
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, num_samples: int, do_sample: bool, temperature: float = 1.0,
-             max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0, progress: bool = False,
-             desc: str = "generate") -> list[list[str]]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    num_samples: int,
+    do_sample: bool,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[list[str]]:
     """Completions (decoded, special tokens removed) for every prompt: num_samples each."""
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -44,9 +56,15 @@ def generate(model, tokenizer, prompts: list[str], *, num_samples: int, do_sampl
         for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
             enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
             gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_samples,
-                temperature=temperature if do_sample else None, top_p=1.0 if do_sample else None, top_k=0 if do_sample else None,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                num_return_sequences=num_samples,
+                temperature=temperature if do_sample else None,
+                top_p=1.0 if do_sample else None,
+                top_k=0 if do_sample else None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [texts[j : j + num_samples] for j in range(0, len(texts), num_samples)]
@@ -68,16 +86,45 @@ class PassAtK:
         return self.pass_at_k - self.pass_at_1
 
 
-def evaluate_pass_at_k(model, tokenizer, rows: list[dict[str, str]], *, k: int = 8, n: int | None = None,
-                       temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0,
-                       progress: bool = False) -> PassAtK:
+def evaluate_pass_at_k(
+    model,
+    tokenizer,
+    rows: list[dict[str, str]],
+    *,
+    k: int = 8,
+    n: int | None = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> PassAtK:
     n = n or k
     prompts = [r["prompt"] for r in rows]
-    greedy = generate(model, tokenizer, prompts, num_samples=1, do_sample=False, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size, progress=progress, desc="greedy")
-    samples = generate(model, tokenizer, prompts, num_samples=n, do_sample=True, temperature=temperature,
-                       max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // n), seed=seed,
-                       progress=progress, desc=f"sample x{n}")
+    greedy = generate(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=1,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc="greedy",
+    )
+    samples = generate(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=n,
+        do_sample=True,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=max(1, batch_size // n),
+        seed=seed,
+        progress=progress,
+        desc=f"sample x{n}",
+    )
     g = [is_correct(c[0], r["answer"]) for c, r in zip(greedy, rows)]
     correct = [sum(is_correct(s, r["answer"]) for s in c) for c, r in zip(samples, rows)]
     return PassAtK(

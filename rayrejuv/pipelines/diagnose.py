@@ -41,9 +41,13 @@ def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict:
         run.log_params(cfg.model_dump(mode="json"))
         table = []
         for label, ckpt in ([("base", base)] if cfg.include_base else []) + list(zip(labels, sfts)):
-            row = {"checkpoint": label, "path": str(ckpt.path), **evaluate_checkpoint(ckpt, rows, cfg, device, progress)}
+            row = {
+                "checkpoint": label,
+                "path": str(ckpt.path),
+                **evaluate_checkpoint(ckpt, rows, cfg, device, progress),
+            }
             table.append(row)
-        drift, heat = {}, []
+        drift = {}
         for label, ckpt in zip(labels, sfts):
             drift[label] = drift_table(base, ckpt, progress)
         for r in table:
@@ -54,8 +58,11 @@ def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict:
         figures = write_figures(out.tmp, cfg, base, sfts[-1], labels, table, drift)
         result = {
             "config": cfg.model_dump(mode="json"),
-            "thresholds": {"entropy": cfg.entropy_threshold, "sft_loss": cfg.loss_threshold,
-                           "pass_gap": cfg.gap_threshold},
+            "thresholds": {
+                "entropy": cfg.entropy_threshold,
+                "sft_loss": cfg.loss_threshold,
+                "pass_gap": cfg.gap_threshold,
+            },
             "rows": table,
             "drift": drift,
             "figures": figures,
@@ -93,11 +100,26 @@ def evaluate_checkpoint(ckpt: Checkpoint, rows, cfg: DiagnoseConfig, device, pro
     if "response" in rows[0]:
         out.update(teacher_forced_stats(model, tok, rows, cfg.batch_size))
     if "answer" in rows[0]:
-        p = evaluate_pass_at_k(model, tok, rows, k=cfg.k, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                               progress=progress)
-        out.update({"pass_at_1": p.pass_at_1, "pass_at_k": p.pass_at_k, "pass_gap": p.gap,
-                    "sample_accuracy": p.sample_accuracy, "k": p.k})
+        p = evaluate_pass_at_k(
+            model,
+            tok,
+            rows,
+            k=cfg.k,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        out.update(
+            {
+                "pass_at_1": p.pass_at_1,
+                "pass_at_k": p.pass_at_k,
+                "pass_gap": p.gap,
+                "sample_accuracy": p.sample_accuracy,
+                "k": p.k,
+            }
+        )
     return out
 
 
@@ -108,8 +130,15 @@ def drift_table(base: Checkpoint, sft: Checkpoint, progress: bool) -> list[dict]
         s, b = sft.get(name), base.get(name)
         role = sft.spec.role(name)
         module = role.kind.name if role.kind is not None else name.rsplit(".", 2)[-2]
-        rows.append({"name": name, "layer": role.layer, "module": module, "msd": mean_squared_drift(s, b),
-                     "relative": relative_drift(s, b)})
+        rows.append(
+            {
+                "name": name,
+                "layer": role.layer,
+                "module": module,
+                "msd": mean_squared_drift(s, b),
+                "relative": relative_drift(s, b),
+            }
+        )
     return rows
 
 
@@ -130,8 +159,9 @@ def write_figures(directory: Path, cfg, base, last_sft, labels, table, drift) ->
     plot_drift_by_layer(drift, directory / "drift_by_layer.png")
     figs.append("drift_by_layer.png")
     if cfg.heatmaps:
-        top = sorted((d for d in drift[labels[-1]] if len(last_sft.meta(d["name"]).shape) == 2),
-                     key=lambda d: -d["msd"])[: cfg.heatmaps]
+        top = sorted(
+            (d for d in drift[labels[-1]] if len(last_sft.meta(d["name"]).shape) == 2), key=lambda d: -d["msd"]
+        )[: cfg.heatmaps]
         maps = [(d["name"], pooled_abs_delta(last_sft.get(d["name"]), base.get(d["name"]))) for d in top]
         if maps:
             plot_heatmaps(maps, f"largest |SFT - base| ({labels[-1]})", directory / "drift_heatmaps.png")
@@ -158,13 +188,26 @@ def _fmt(v) -> str:
 
 def markdown_report(result: dict) -> str:
     t = result["thresholds"]
-    cols = ["checkpoint", "sft_loss", "entropy", "pass_at_1", "pass_at_k", "pass_gap", "drift_msd_mean",
-            "drift_rel_max", "verdict"]
-    lines = ["# rayrejuv diagnose", "",
-             f"Verdict rules: a symptom is entropy < {t['entropy']} nats, SFT loss < {t['sft_loss']}, or "
-             f"pass@k - pass@1 < {t['pass_gap']} (with pass@1 > 0); two or more symptoms = **rigid**, one = **at risk**.", "",
-             "| " + " | ".join(c.replace("_at_", "@") for c in cols) + " |",
-             "|" + "---|" * len(cols)]
+    cols = [
+        "checkpoint",
+        "sft_loss",
+        "entropy",
+        "pass_at_1",
+        "pass_at_k",
+        "pass_gap",
+        "drift_msd_mean",
+        "drift_rel_max",
+        "verdict",
+    ]
+    lines = [
+        "# rayrejuv diagnose",
+        "",
+        f"Verdict rules: a symptom is entropy < {t['entropy']} nats, SFT loss < {t['sft_loss']}, or "
+        f"pass@k - pass@1 < {t['pass_gap']} (with pass@1 > 0); two or more symptoms = **rigid**, one = **at risk**.",
+        "",
+        "| " + " | ".join(c.replace("_at_", "@") for c in cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in result["rows"]:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     lines += [""] + [f"![{f}]({f})" for f in result["figures"]] + [""]
@@ -172,4 +215,3 @@ def markdown_report(result: dict) -> str:
         if r.get("symptoms"):
             lines.append(f"- **{r['checkpoint']}**: {r['verdict']} ({', '.join(r['symptoms'])})")
     return "\n".join(lines) + "\n"
-

@@ -36,7 +36,7 @@ DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood")
 
 
 @dataclass(frozen=True)
-class TestbedLayout:
+class WorldLayout:
     root: Path
 
     @property
@@ -59,7 +59,7 @@ class TestbedLayout:
 
 
 def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
-    layout = TestbedLayout(Path(cfg.out))
+    layout = WorldLayout(Path(cfg.out))
     _claim_directory(layout, cfg)
     timer = PhaseTimer()
     with tracked_run(cfg.tracking, run_name=f"testbed:{layout.root.name}") as run:
@@ -85,7 +85,7 @@ def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
     return manifest
 
 
-def _claim_directory(layout: TestbedLayout, cfg: TinyWorldConfig) -> None:
+def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> None:
     """A directory belongs to one config: reuse it only when the fingerprints match."""
     manifest = layout.root / MANIFEST
     if cfg.force and layout.root.exists():
@@ -106,14 +106,18 @@ def _claim_directory(layout: TestbedLayout, cfg: TinyWorldConfig) -> None:
     _write_json(manifest, {"config": cfg.fingerprint(), "complete": False})
 
 
-def write_data(layout: TestbedLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:
+def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:
     """Deterministic in the seed: regenerated on every run (cheap) and rewritten atomically."""
     d, seed = cfg.data, cfg.seed
     splits = task.default_splits(d.id_max, d.ood_max)
-    pool = task.generate(splits["id"], d.sft_examples + d.calibration_examples + d.rl_train_examples
-                         + d.eval_examples, seed)
-    a, b, c = d.sft_examples, d.sft_examples + d.calibration_examples, d.sft_examples + d.calibration_examples \
-        + d.rl_train_examples
+    pool = task.generate(
+        splits["id"], d.sft_examples + d.calibration_examples + d.rl_train_examples + d.eval_examples, seed
+    )
+    a, b, c = (
+        d.sft_examples,
+        d.sft_examples + d.calibration_examples,
+        d.sft_examples + d.calibration_examples + d.rl_train_examples,
+    )
     rows = {
         "sft": pool[:a],
         "calibration": pool[a:b],
@@ -134,32 +138,50 @@ def write_data(layout: TestbedLayout, cfg: TinyWorldConfig) -> dict[str, list[di
 
 def _new_model(cfg: TinyWorldConfig, tok):
     m = cfg.model
-    config = tiny_config(m.family, len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                         head_dim=m.head_dim, max_position_embeddings=256)
+    config = tiny_config(
+        m.family,
+        len(tok),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        max_position_embeddings=256,
+    )
     return build_model(config, seed=cfg.seed)
 
 
-def ensure_base(layout: TestbedLayout, cfg: TinyWorldConfig, tok, progress: bool, run) -> list[float]:
+def ensure_base(layout: WorldLayout, cfg: TinyWorldConfig, tok, progress: bool, run) -> list[float]:
     if layout.base.is_dir():
         return []
     torch.manual_seed(cfg.seed)
     model = _new_model(cfg, tok)
     t = cfg.train
     texts = task.pretraining_text(cfg.data.pretrain_texts, cfg.data.ood_max, cfg.seed)
+    every = _log_every(steps_for(t.pretrain_epochs, len(texts), t.pretrain_batch_size))
 
     def log(step: int, loss: float, _opt) -> None:
-        if step % 10 == 0:
+        if step % every == 0:
             run.log_metrics({"pretrain.loss": loss}, step=step)
 
-    losses = train_pairs(model, tok, texts, epochs=t.pretrain_epochs, lr=t.pretrain_lr,
-                         batch_size=t.pretrain_batch_size, seed=cfg.seed, desc="pre-train base",
-                         progress=progress, on_step=log)
+    losses = train_pairs(
+        model,
+        tok,
+        texts,
+        epochs=t.pretrain_epochs,
+        lr=t.pretrain_lr,
+        batch_size=t.pretrain_batch_size,
+        seed=cfg.seed,
+        desc="pre-train base",
+        progress=progress,
+        on_step=log,
+    )
     save_checkpoint(model, tok, layout.base)
     return losses
 
 
-def ensure_ladder(layout: TestbedLayout, cfg: TinyWorldConfig, tok, sft_rows, progress: bool, run) -> dict:
+def ensure_ladder(layout: WorldLayout, cfg: TinyWorldConfig, tok, sft_rows, progress: bool, run) -> dict:
     """SFT the base once, saving HF checkpoints at every ladder epoch and a resumable state."""
     from transformers import AutoModelForCausalLM
 
@@ -176,9 +198,10 @@ def ensure_ladder(layout: TestbedLayout, cfg: TinyWorldConfig, tok, sft_rows, pr
         start, opt_state = state["step"], state["optimizer"]
     losses_at: dict[str, float] = {}
     t0 = time.perf_counter()
+    every = _log_every(max(save_at))
 
     def snapshot(step: int, loss: float, opt) -> None:
-        if step % 10 == 0:
+        if step % every == 0:
             run.log_metrics({"sft.loss": loss}, step=step)
         if step in save_at:
             e = save_at[step]
@@ -188,9 +211,26 @@ def ensure_ladder(layout: TestbedLayout, cfg: TinyWorldConfig, tok, sft_rows, pr
             losses_at[f"{e:g}"] = loss
             run.log_metrics({"sft.ladder_elapsed_s": time.perf_counter() - t0}, step=step)
 
-    train_pairs(model, tok, sft_rows, epochs=epochs[-1], lr=t.sft_lr, batch_size=t.sft_batch_size, seed=cfg.seed,
-                desc="SFT ladder", progress=progress, start_step=start, optimizer_state=opt_state, on_step=snapshot)
+    train_pairs(
+        model,
+        tok,
+        sft_rows,
+        epochs=epochs[-1],
+        lr=t.sft_lr,
+        batch_size=t.sft_batch_size,
+        seed=cfg.seed,
+        desc="SFT ladder",
+        progress=progress,
+        start_step=start,
+        optimizer_state=opt_state,
+        on_step=snapshot,
+    )
     return losses_at
+
+
+def _log_every(num_steps: int) -> int:
+    """About 200 points per loss curve."""
+    return max(1, num_steps // 200)
 
 
 def _write_json(path: Path, obj: dict) -> None:

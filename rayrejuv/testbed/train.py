@@ -53,8 +53,9 @@ def train_pairs(
         opt.load_state_dict(optimizer_state)
     model.train()
     losses = []
-    bar = tqdm(range(start_step, n_steps), desc=desc, unit="step", disable=not progress, initial=start_step,
-               total=n_steps)
+    bar = tqdm(
+        range(start_step, n_steps), desc=desc, unit="step", disable=not progress, initial=start_step, total=n_steps
+    )
     for step in bar:
         batch = collate([examples[i] for i in order[step]], tokenizer.pad_token_id)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
