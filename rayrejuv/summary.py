@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
-    c = Console()
+    c = Console(width=max(Console().width, 120))
     cfg = report["config"]
     t = Table(title=f"rejuvenated -> {cfg['out']}", show_header=False)
     t.add_row("architecture", f"{report['architecture']} ({report['num_layers']} layers)")
@@ -29,7 +29,7 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
 
 
 def print_demo_summary(summary: dict, wall_s: float) -> None:
-    c = Console()
+    c = Console(width=max(Console().width, 120))
     t = Table(title="rayrejuv demo: token entropy on the calibration set (teacher-forced)")
     t.add_column("model")
     t.add_column("mean entropy", justify="right")
@@ -42,7 +42,7 @@ def print_demo_summary(summary: dict, wall_s: float) -> None:
 
 
 def print_diagnose_summary(result: dict) -> None:
-    c = Console()
+    c = Console(width=max(Console().width, 120))
     t = Table(title=f"rayrejuv diagnose -> {result['out']}")
     cols = [
         ("checkpoint", "checkpoint"),
