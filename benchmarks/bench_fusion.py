@@ -396,10 +396,14 @@ def main(argv: list[str]) -> int:
             args.rayrejuv.parent / "python", ["rayrejuv", "torch", "safetensors"])
 
     inputs = sorted(base.glob("*.safetensors")) + sorted(sft.glob("*.safetensors"))
-    runs = run_repeats(commands, outputs, inputs, args, logs_dir)
+    try:
+        runs = run_repeats(commands, outputs, inputs, args, logs_dir)
+        checks = correctness({t: outputs[t] for t in ("rayrejuv", "mergekit") if t in tools},
+                             base, sft, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     summary = {tool: summarize(measurements) for tool, measurements in runs.items()}
-    checks = correctness({t: outputs[t] for t in ("rayrejuv", "mergekit") if t in tools},
-                         base, sft, args)
 
     record = {
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -422,8 +426,6 @@ def main(argv: list[str]) -> int:
         "correctness": checks,
     }
     write_results(args.results, args.size, record)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
     log(format_report(record))
     log(f"\nresults written to {args.results}")
     return 0 if all(c["ok"] for c in checks.values()) else 1

@@ -23,6 +23,18 @@ class TrackingConfig(_Config):
     experiment: str = Field("rayrejuv", description="MLflow experiment name")
 
 
+class RayConfig(_Config):
+    enabled: bool = Field(True, description="run on Ray (a local instance unless address / RAY_ADDRESS is set)")
+    address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local instance")
+    workers: int | None = Field(None, ge=1, description="LayerShard actors; default one per GPU, else one per CPU")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per LayerShard actor")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per LayerShard actor (fusion is IO-bound)")
+    attribution_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the attribution actor")
+    attribution_gpus: float | None = Field(None, ge=0, description="GPUs of the attribution actor; default 1 on cuda")
+    placement: Literal["pack", "spread"] = Field("pack", description="placement group strategy of the workers")
+    max_restarts: int = Field(3, ge=0, description="restarts of a crashed actor (its shards are redone)")
+
+
 class RejuvenateConfig(_Config):
     base: Path = Field(description="base checkpoint directory (the model SFT started from)")
     sft: Path = Field(description="SFT checkpoint directory to rejuvenate")
@@ -56,6 +68,8 @@ class RejuvenateConfig(_Config):
     max_shard_gb: float = Field(2.0, gt=0.0, description="largest output shard, in GB")
     overwrite: bool = Field(False, description="replace an existing output directory")
     allow_pickle: bool = Field(False, description="accept pytorch_model.bin inputs (loaded with weights_only=True)")
+    resume: bool = Field(False, description="finish an interrupted run into the same --out, reusing verified shards")
+    ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")

@@ -58,6 +58,7 @@ def rejuv_config(base, sft, out, **kw):
     from rayrejuv.config import RejuvenateConfig
 
     kw.setdefault("tracking", {"enabled": False})
+    kw.setdefault("ray", {"enabled": False})
     return RejuvenateConfig(base=base, sft=sft, out=out, **kw)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import SAFETENSORS_INDEX, WEIGHT_FILE_SUFFIXES, WEIGHT_INDEX_FILES
-from rayrejuv.io.safetensors_format import TensorMeta, encode_header, tensor_bytes
+from rayrejuv.io.safetensors_format import TensorMeta, encode_header, read_header, read_tensor, tensor_bytes
 
 MANIFEST = "checksums.json"
 
@@ -121,12 +121,15 @@ def copy_side_files(src: Path, dst: Path, skip: set[str]) -> list[str]:
 class AtomicDir:
     """A temporary sibling of `target` that becomes `target` only on commit().
 
-    On any exception inside the `with` block the temporary directory is removed and the
-    target is left exactly as it was.
+    On an exception inside the `with` block the target is left exactly as it was. The temporary
+    directory is removed, except for a `resumable` one after a crash that is not a user error:
+    it has a stable name (.<name>.partial) and a later run with `resume` picks it up.
     """
 
     target: Path
     overwrite: bool = False
+    resumable: bool = False
+    resume: bool = False
     tmp: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,11 +138,14 @@ class AtomicDir:
             raise RejuvError(f"output directory {self.target} already exists; pass --overwrite or choose another --out")
         if self.target.exists() and not self.target.is_dir():
             raise RejuvError(f"output path {self.target} exists and is not a directory; choose another --out")
+        suffix = "partial" if self.resumable else f"tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.target.parent / f".{self.target.name}.{suffix}"
 
     def __enter__(self) -> AtomicDir:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.target.parent / f".{self.target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        if self.tmp.exists() and not self.resume:
+            shutil.rmtree(self.tmp)  # a stale partial run the user did not ask to resume
+        self.tmp.mkdir(exist_ok=True)
         return self
 
     def require_free_bytes(self, nbytes: int) -> None:
@@ -160,10 +166,78 @@ class AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp.exists():
+        disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        keep = self.resumable and exc is not None and not isinstance(exc, RejuvError) and not disk_full
+        if self.tmp.exists() and not keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if disk_full:
             raise RejuvError(
                 f"disk full while writing {self.target} (nothing was written there); free space or choose "
                 "--out on another disk"
             ) from None
+
+
+class ShardPatcher:
+    """Rewrite some tensors of a complete shard in place (same dtype and shape), rehashing them."""
+
+    def __init__(self, directory: Path, plan: ShardPlan):
+        self.path = directory / plan.file
+        self._stored = read_header(self.path)
+        self.checksums: dict[str, str] = {}
+
+    def __enter__(self) -> ShardPatcher:
+        self._f = open(self.path, "r+b")
+        return self
+
+    def read(self, name: str) -> torch.Tensor:
+        return read_tensor(self._f, self._stored[name])
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        stored = self._stored[name]
+        if tensor.dtype != stored.meta.dtype or tuple(tensor.shape) != stored.meta.shape:
+            raise RuntimeError(f"{self.path.name}: patch of {name} changes its dtype or shape")
+        data = tensor_bytes(tensor)
+        os.pwrite(self._f.fileno(), data, stored.offset)
+        self.checksums[name] = hashlib.sha256(data).hexdigest()
+
+    def __exit__(self, *exc) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+MARKER_SUFFIX = ".done.json"
+
+
+def write_marker(directory: Path, plan: ShardPlan, stage: str, fingerprint: str, checksums: dict[str, str]) -> None:
+    """Record that a shard is complete and durable at `stage` ("fused" or "final")."""
+    path = directory / (plan.file + MARKER_SUFFIX)
+    body = {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "bytes": (directory / plan.file).stat().st_size,
+        "checksums": checksums,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, path)
+
+
+def read_marker(directory: Path, plan: ShardPlan, fingerprint: str) -> dict | None:
+    """A shard's marker if it belongs to this run (same fingerprint) and the file is intact."""
+    path = directory / (plan.file + MARKER_SUFFIX)
+    shard = directory / plan.file
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if body.get("fingerprint") != fingerprint or not shard.is_file() or shard.stat().st_size != body.get("bytes"):
+        return None
+    if set(body.get("checksums", {})) != {n for n, _ in plan.entries}:
+        return None
+    return body
+
+
+def remove_markers(directory: Path) -> None:
+    for p in directory.glob("*" + MARKER_SUFFIX):
+        p.unlink()

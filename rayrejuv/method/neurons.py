@@ -69,6 +69,16 @@ class ResetSet:
         scores = {key: score[idx + offsets[key]].detach().cpu() for key, idx in local.items()}
         return cls({k: v.cpu() for k, v in local.items()}, scores, index.total)
 
+    def digest(self) -> str:
+        """A hash of which neurons are reset (and how many neurons exist)."""
+        import hashlib
+
+        h = hashlib.sha256(str(self.num_neurons).encode())
+        for key in sorted(self.indices):
+            h.update(repr(key).encode())
+            h.update(self.indices[key].to(torch.int64).numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def for_tensor(self, layer: int | None, kind: NeuronKind | None) -> torch.Tensor | None:
         if layer is None or kind is None:
             return None

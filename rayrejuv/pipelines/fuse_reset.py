@@ -7,6 +7,7 @@ only on the same-named base and SFT tensors and on the reset set.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rayrejuv.arch import Axis
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.safetensors_format import TensorMeta
-from rayrejuv.io.writer import ShardPlan, ShardWriter, fsync_file
+from rayrejuv.io.writer import ShardPatcher, ShardPlan, ShardWriter, fsync_file
 from rayrejuv.method.fusion import fuse, fuse_into
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.method.reset import neuron_slice, reset
@@ -56,15 +57,8 @@ def rejuvenate_tensor(
         return theta_sft  # integer buffers are not parameters: keep the SFT value
     out = torch.empty(theta_sft.shape, dtype=dtype)
     lo, hi = fuse_into(out, theta_sft, theta_base, alpha)
-    role = sft.spec.role(name)
-    index = reset_set.for_tensor(role.layer, role.kind)
-    resettable = role.param == "weight" or (
-        role.param == "bias" and role.kind is not None and role.kind.axis is Axis.ROW
-    )
-    if index is not None and resettable:
-        sl = neuron_slice(role.kind.axis, index, out.ndim)
-        theta = reset(fuse(theta_sft[sl], theta_base[sl], alpha), theta_base[sl], omega)
-        out[sl] = theta.to(dtype)
+    theta = apply_reset_slices(name, out, theta_sft, theta_base, sft, reset_set, alpha, omega)
+    if theta is not None:
         lo, hi = torch.minimum(lo, theta.min()), torch.maximum(hi, theta.max())
     limit = torch.finfo(dtype).max
     if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and -limit <= float(lo) and float(hi) <= limit):
@@ -72,6 +66,73 @@ def rejuvenate_tensor(
         base.check_finite(name, theta_base)
         raise RejuvError(f"the rejuvenated tensor {name} overflows {dtype}; use --dtype float32")
     return out
+
+
+def reset_slice(name: str, sft: Checkpoint, reset_set: ResetSet, ndim: int) -> tuple | None:
+    """The indexing tuple of the neurons of tensor `name` to reset, or None."""
+    role = sft.spec.role(name)
+    index = reset_set.for_tensor(role.layer, role.kind)
+    resettable = role.param == "weight" or (
+        role.param == "bias" and role.kind is not None and role.kind.axis is Axis.ROW
+    )
+    if index is None or not resettable:
+        return None
+    return neuron_slice(role.kind.axis, index, ndim)
+
+
+def apply_reset_slices(
+    name: str,
+    out: torch.Tensor,
+    theta_sft,
+    theta_base,
+    sft: Checkpoint,
+    reset_set: ResetSet,
+    alpha: float,
+    omega: float,
+) -> torch.Tensor | None:
+    """Eq. 5 on the reset rows/columns of `out` (which holds Eq. 1 already), in place.
+    Returns the float32 values written, or None when the tensor has no reset neurons."""
+    sl = reset_slice(name, sft, reset_set, out.ndim)
+    if sl is None:
+        return None
+    theta = reset(fuse(theta_sft[sl], theta_base[sl], alpha), theta_base[sl], omega)
+    out[sl] = theta.to(out.dtype)
+    return theta
+
+
+def patch_shards(
+    directory: Path,
+    plans: list[ShardPlan],
+    base: Checkpoint,
+    sft: Checkpoint,
+    reset_set: ResetSet,
+    alpha: float,
+    omega: float,
+    on_shard_done: Callable[[ShardPlan, dict[str, str]], None] | None = None,
+) -> dict[str, str]:
+    """Apply Eq. 5 to shards already written with fusion only (the Ray path writes fused shards
+    while attribution runs). Only tensors with reset neurons are read back, patched and
+    rewritten in place; the result is bit-identical to writing fuse + reset in one pass."""
+    checksums: dict[str, str] = {}
+    for plan in plans:
+        touched = {}
+        for name, meta in plan.entries:
+            if meta.dtype.is_floating_point and reset_slice(name, sft, reset_set, len(meta.shape)) is not None:
+                touched[name] = meta
+        if touched:
+            with ShardPatcher(directory, plan) as patcher:
+                for name in touched:
+                    out = patcher.read(name)
+                    theta_sft, theta_base = read_pair(name, base, sft)
+                    apply_reset_slices(name, out, theta_sft, theta_base, sft, reset_set, alpha, omega)
+                    patcher.write(name, out)
+                shard_sums = patcher.checksums
+        else:
+            shard_sums = {}
+        if on_shard_done is not None:
+            on_shard_done(plan, shard_sums)
+        checksums.update(shard_sums)
+    return checksums
 
 
 def write_shards(
@@ -83,8 +144,10 @@ def write_shards(
     alpha: float,
     omega: float,
     progress: bool = True,
+    on_shard_done: Callable[[ShardPlan, dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Write every planned shard; returns the sha256 of every tensor's bytes.
+    `on_shard_done(plan, checksums)` runs (in the writer thread) once a shard is complete and durable.
 
     Three stages overlap: a reader thread prefetches the next (SFT, base) pair, this thread
     computes, a writer thread hashes and writes in plan order (file IO, sha256 and torch kernels
@@ -96,6 +159,11 @@ def write_shards(
     checksums: dict[str, str] = {}
     syncs: list[Future] = []
 
+    def finish(plan: ShardPlan, w: ShardWriter) -> None:
+        fsync_file(w.path)
+        if on_shard_done is not None:
+            on_shard_done(plan, w.checksums)
+
     def write(plan: ShardPlan, name: str, tensor: torch.Tensor) -> None:
         if plan.file not in writers:
             writers[plan.file] = ShardWriter(directory, plan)
@@ -104,7 +172,7 @@ def write_shards(
         if name == plan.entries[-1][0]:
             w.close()
             checksums.update(w.checksums)
-            syncs.append(syncer.submit(fsync_file, w.path))
+            syncs.append(syncer.submit(finish, plan, w))
 
     with (
         ThreadPoolExecutor(1, "rejuv-read") as reader,

@@ -1,0 +1,1 @@
+"""Everything that touches Ray: cluster connection, actors and worker groups."""

@@ -1,0 +1,68 @@
+"""Connect to a Ray cluster, or start a local one for the run, with token auth handled."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rayrejuv.errors import RejuvError
+
+AUTH_ENV = "RAY_AUTH_MODE"
+
+
+def _flip_auth_mode() -> str:
+    """Switch this process to the other auth mode (Ray reads RAY_AUTH_MODE at init)."""
+    from ray._private.authentication.authentication_token_setup import Config
+
+    mode = "disabled" if os.environ.get(AUTH_ENV, "").lower() == "token" else "token"
+    os.environ[AUTH_ENV] = mode
+    Config.initialize("")
+    return mode
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[dict]:
+    """Yield the cluster's resources. With no address (and no RAY_ADDRESS) a local instance is
+    started for the run and shut down after; otherwise the run joins the given cluster.
+
+    Ray 2.60 turns token auth on for local ray.init() and leaves ~/.ray/auth_token behind, while a
+    cluster started with `ray start` may run without it: a mismatch raises AuthenticationError.
+    We retry once with the other mode, so a default setup just works.
+    """
+    import ray
+
+    already = ray.is_initialized()
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"log_to_driver": True, "configure_logging": False}
+    if not already:
+        try:
+            if address:
+                _init(ray, address, kwargs)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        except ConnectionError as e:
+            raise RejuvError(f"cannot reach the Ray cluster at {address}: {e}; check --ray-address") from None
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if not already:
+            ray.shutdown()
+
+
+def _init(ray, address: str, kwargs: dict) -> None:
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(address=address, **kwargs)
+    except (AuthenticationError, RuntimeError) as first:
+        if not isinstance(first, AuthenticationError) and "token" not in str(first).lower():
+            raise
+        mode = _flip_auth_mode()
+        try:
+            ray.init(address=address, **kwargs)
+        except AuthenticationError as second:
+            raise RejuvError(
+                f"Ray cluster at {address} refused authentication in both modes (last tried {AUTH_ENV}={mode}): "
+                f"{second}; set {AUTH_ENV} and RAY_AUTH_TOKEN to the cluster's"
+            ) from None

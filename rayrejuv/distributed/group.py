@@ -1,0 +1,92 @@
+"""A group of LayerShard actors: contiguous shard ranges, one task per shard, restarts on failure."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from tqdm.auto import tqdm
+
+from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
+from rayrejuv.io.writer import ShardPlan
+
+
+def contiguous_ranges(sizes: list[int], parts: int) -> list[range]:
+    """Split items (in order) into at most `parts` contiguous ranges of similar total size."""
+    parts = max(1, min(parts, len(sizes)))
+    total, ranges, start, acc = sum(sizes), [], 0, 0
+    for i, s in enumerate(sizes):
+        acc += s
+        remaining_parts = parts - len(ranges) - 1
+        remaining_items = len(sizes) - i - 1
+        if remaining_parts > 0 and (acc >= total * (len(ranges) + 1) / parts or remaining_items == remaining_parts):
+            ranges.append(range(start, i + 1))
+            start = i + 1
+    ranges.append(range(start, len(sizes)))
+    return [r for r in ranges if len(r)]
+
+
+class LayerShardGroup:
+    """Drivers call map(); they never see actors or ranks."""
+
+    def __init__(
+        self, num_workers: int, worker_args: dict, *, cpus: float, gpus: float, placement: str, max_restarts: int
+    ):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._ray = ray
+        bundles = [{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(num_workers)]
+        self.pg = placement_group(bundles, strategy="SPREAD" if placement == "spread" else "PACK")
+        ray.get(self.pg.ready())
+        actor = ray.remote(ShardWorker)
+        self.actors = [
+            actor.options(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=max_restarts,
+                max_task_retries=max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(**worker_args)
+            for i in range(num_workers)
+        ]
+
+    def nodes(self) -> list[str]:
+        return self._ray.get([a.node.remote() for a in self.actors])
+
+    def map(
+        self, method: str, plans: list[ShardPlan], args: list[tuple], desc: str, progress: bool
+    ) -> list[ShardResult]:
+        """Run `method(plan, *args[i])` for shard i on the actor owning its range; results in plan order."""
+        owners = {}
+        for a, r in zip(self.actors, contiguous_ranges([p.nbytes for p in plans], len(self.actors))):
+            owners.update({i: a for i in r})
+        refs = {getattr(owners[i], method).remote(p, *args[i]): i for i, p in enumerate(plans)}
+        results: dict[int, ShardResult] = {}
+        with tqdm(
+            total=sum(p.nbytes for p in plans), desc=desc, unit="B", unit_scale=True, disable=not progress
+        ) as bar:
+            pending = list(refs)
+            while pending:
+                done, pending = self._ray.wait(pending, num_returns=1)
+                i = refs[done[0]]
+                results[i] = self._ray.get(done[0])
+                bar.update(plans[i].nbytes)
+        return [results[i] for i in range(len(plans))]
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            self._ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+def per_worker_seconds(results: list[ShardResult]) -> dict[str, dict]:
+    out: dict[str, dict] = defaultdict(lambda: {"shards": 0, "seconds": 0.0, "reused": 0})
+    for r in results:
+        w = out[r.worker]
+        w["shards"] += 1
+        w["seconds"] += r.seconds
+        w["reused"] += int(r.reused)
+    return dict(out)

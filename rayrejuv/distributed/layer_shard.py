@@ -1,0 +1,95 @@
+"""LayerShard workers: each owns a contiguous range of output shards (hence of layers), reads
+only its tensors from the base and SFT checkpoints, and writes its own shard files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rayrejuv.io.checkpoint import Checkpoint
+from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
+from rayrejuv.method.neurons import ResetSet
+from rayrejuv.pipelines.fuse_reset import patch_shards, write_shards
+
+FAULT_ENV = "RAYREJUV_FAULT_ONCE"  # test hook: path of a marker; the first worker to see it absent dies
+
+
+@dataclass
+class ShardResult:
+    file: str
+    stage: str  # "fused" or "final"
+    checksums: dict[str, str]
+    seconds: float
+    reused: bool
+    worker: str  # host:pid
+
+
+class ShardWorker:
+    """Plain Python; `ray.remote(ShardWorker)` is the LayerShard actor."""
+
+    def __init__(
+        self, base: str, sft: str, allow_pickle: bool, directory: str, alpha: float, omega: float, fingerprint: str
+    ):
+        self.base = Checkpoint(base, role="base", allow_pickle=allow_pickle)
+        self.sft = Checkpoint(sft, role="SFT", allow_pickle=allow_pickle)
+        self.directory = Path(directory)
+        self.alpha, self.omega, self.fingerprint = alpha, omega, fingerprint
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def write(self, plan: ShardPlan, reset_set: ResetSet | None, reset_hash: str) -> ShardResult:
+        """Write one shard: fused only (reset_set None), or final (fuse + reset in one pass).
+        A shard whose marker shows the same work already done is reused."""
+        stage = "fused" if reset_set is None else "final"
+        fp = self._fp(stage, reset_hash)
+        done = read_marker(self.directory, plan, fp)
+        if done is not None:
+            return ShardResult(plan.file, stage, done["checksums"], 0.0, True, self.name)
+        t0 = time.perf_counter()
+
+        def mark(p: ShardPlan, sums: dict[str, str]) -> None:
+            _maybe_die()
+            write_marker(self.directory, p, stage, fp, sums)
+
+        sums = write_shards(
+            self.directory,
+            [plan],
+            self.base,
+            self.sft,
+            reset_set or ResetSet.empty(),
+            self.alpha,
+            self.omega,
+            progress=False,
+            on_shard_done=mark,
+        )
+        return ShardResult(plan.file, stage, sums, time.perf_counter() - t0, False, self.name)
+
+    def patch(self, plan: ShardPlan, fused: ShardResult, reset_set: ResetSet, reset_hash: str) -> ShardResult:
+        """Turn a fused shard into the final one by rewriting its reset neurons in place."""
+        fp = self._fp("final", reset_hash)
+        done = read_marker(self.directory, plan, fp)
+        if done is not None:
+            return ShardResult(plan.file, "final", done["checksums"], 0.0, True, self.name)
+        t0 = time.perf_counter()
+        sums = dict(fused.checksums)
+        sums.update(patch_shards(self.directory, [plan], self.base, self.sft, reset_set, self.alpha, self.omega))
+        write_marker(self.directory, plan, "final", fp, sums)
+        return ShardResult(plan.file, "final", sums, time.perf_counter() - t0, False, self.name)
+
+    def _fp(self, stage: str, reset_hash: str) -> str:
+        return f"{self.fingerprint}:{stage}:{reset_hash if stage == 'final' else ''}"
+
+
+def _maybe_die() -> None:
+    """Fault injection for tests: die (as a crashed node would) the first time it is reached."""
+    marker = os.environ.get(FAULT_ENV)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
