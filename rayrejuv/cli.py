@@ -49,6 +49,11 @@ def rejuvenate(
     max_shard_gb: Optional[float] = _opt("max_shard_gb"),
     overwrite: Optional[bool] = _opt("overwrite", "--overwrite/--no-overwrite"),
     allow_pickle: Optional[bool] = _opt("allow_pickle", "--allow-pickle/--no-allow-pickle"),
+    resume: Optional[bool] = _opt("resume", "--resume/--no-resume"),
+    use_ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="run on Ray [default: on]"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address [default: $RAY_ADDRESS, else local]"),
+    workers: Optional[int] = typer.Option(None, help="LayerShard actors [default: one per GPU, else per CPU]"),
+    placement: Optional[str] = typer.Option(None, help="pack | spread the workers over nodes [default: pack]"),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags override it"),
     tracking_uri: Optional[str] = typer.Option(
         None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"
@@ -65,6 +70,7 @@ def rejuvenate(
     flags = {k: v for k, v in locals().items() if k not in {"config", "tracking_uri", "experiment", "track", "quiet"}}
     flags = {k: v for k, v in flags.items() if k in RejuvenateConfig.model_fields}
     flags["tracking"] = _tracking(tracking_uri, experiment, track)
+    flags["ray"] = {"enabled": use_ray, "address": ray_address, "workers": workers, "placement": placement}
     cfg = validate_config(RejuvenateConfig, merge_overrides(load_yaml(config), flags))
     t0 = time.perf_counter()
     report = run(cfg, progress=not quiet)
@@ -151,20 +157,12 @@ def demo(
 
 
 def main() -> None:
+    """Usage errors are click's (exit 2); a RejuvError is one line on stderr (exit 2)."""
     try:
-        app(standalone_mode=False)
+        app()
     except RejuvError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception as e:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

@@ -8,6 +8,19 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_home(tmp_path_factory):
+    """Ray 2.60 writes ~/.ray/auth_token when it starts a local instance: keep it out of the
+    real home so tests leave no token behind."""
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    yield home
+    if old is not None:
+        os.environ["HOME"] = old
+
+
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
 

@@ -14,7 +14,11 @@ from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.pipelines.fuse_reset import patch_shards, write_shards
 
-FAULT_ENV = "RAYREJUV_FAULT_ONCE"  # test hook: path of a marker; the first worker to see it absent dies
+# Test hooks: a process that has completed RAYREJUV_FAULT_AFTER shards (default 0) and finds no
+# file at RAYREJUV_FAULT_ONCE creates it and dies at once, as a crashed node would.
+FAULT_ENV = "RAYREJUV_FAULT_ONCE"
+FAULT_AFTER_ENV = "RAYREJUV_FAULT_AFTER"
+_completed = 0
 
 
 @dataclass
@@ -88,8 +92,10 @@ class ShardWorker:
 
 
 def _maybe_die() -> None:
-    """Fault injection for tests: die (as a crashed node would) the first time it is reached."""
+    """Fault injection for tests (see FAULT_ENV); runs between a shard's data and its marker."""
+    global _completed
     marker = os.environ.get(FAULT_ENV)
-    if marker and not os.path.exists(marker):
+    if marker and not os.path.exists(marker) and _completed >= int(os.environ.get(FAULT_AFTER_ENV, "0")):
         Path(marker).write_text(str(os.getpid()))
         os._exit(1)
+    _completed += 1

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from rayrejuv.config import RejuvenateConfig
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
+from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.pair import check_pair
 from rayrejuv.io.writer import (
@@ -98,9 +100,18 @@ def rejuvenate_in_process(cfg, base, sft, plans, directory, fp, timer, progress)
 
 
 def rejuvenate_on_ray(cfg, base, sft, plans, directory, fp, timer, progress):
+    import os
+
     from rayrejuv.distributed.cluster import ray_session
 
-    with ray_session(cfg.ray.address) as resources:
+    rc = cfg.ray
+    # A local instance gets enough logical CPUs for every actor (one per core by default, plus
+    # the attribution actor): Ray would otherwise leave the attribution actor pending forever.
+    workers = rc.workers or os.cpu_count() or 1
+    local_cpus = max(os.cpu_count() or 1, int(workers * rc.cpus_per_worker + rc.attribution_cpus + 0.999))
+    t0 = time.perf_counter()
+    with ray_session(rc.address, num_cpus=local_cpus) as resources:
+        timer.seconds["ray_start"] = time.perf_counter() - t0
         return _on_ray(cfg, sft, plans, directory, fp, timer, progress, resources)
 
 
@@ -111,7 +122,17 @@ def _on_ray(cfg, sft, plans, directory, fp, timer, progress, resources):
     from rayrejuv.distributed.group import LayerShardGroup, per_worker_seconds
 
     rc = cfg.ray
-    workers = min(rc.workers or int(resources.get("GPU", 0)) or max(1, int(resources.get("CPU", 1))), len(plans))
+    attribution_cpus = 0.0 if cfg.fusion_only else rc.attribution_cpus
+    default = int(resources.get("GPU", 0)) or max(
+        1, int((resources.get("CPU", 1) - attribution_cpus) // rc.cpus_per_worker)
+    )
+    workers = min(rc.workers or default, len(plans))
+    needed = workers * rc.cpus_per_worker + attribution_cpus
+    if needed > resources.get("CPU", 0):
+        raise RejuvError(
+            f"the Ray cluster has {resources.get('CPU', 0):g} CPUs but {workers} workers x {rc.cpus_per_worker:g} "
+            f"+ attribution {attribution_cpus:g} need {needed:g}; lower --workers or ray.cpus_per_worker"
+        )
     args = {
         "base": str(cfg.base),
         "sft": str(cfg.sft),
