@@ -33,7 +33,10 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
 
-TOOLS = ("io_floor", "mergekit", "rayrejuv")  # run in this order within each repeat
+TOOLS = ("io_floor", "mergekit", "rayrejuv", "rayrejuv_ray1", "rayrejuv_ray2")  # run in this order per repeat
+# rayrejuv: the single-process path (--no-ray); rayrejuv_rayN: on a local Ray instance with N
+# LayerShard workers, Ray start-up included.
+RAYREJUV_VARIANTS = {"rayrejuv": ["--no-ray"], "rayrejuv_ray1": ["--workers", "1"], "rayrejuv_ray2": ["--workers", "2"]}
 MERGEKIT_PINS = ("torch==2.13.0", "mergekit==0.1.5")
 # No tokenizer exists in the synthetic checkpoints; everything else is mergekit's default.
 MERGEKIT_FLAGS = ("--no-copy-tokenizer",)
@@ -123,9 +126,9 @@ def rayrejuv_help(rayrejuv: Path) -> str:
 
 
 def rayrejuv_argv(rayrejuv: Path, help_text: str, base: Path, sft: Path, out: Path,
-                  alpha: float) -> list[str]:
+                  alpha: float, extra: list[str]) -> list[str]:
     argv = [str(rayrejuv), "rejuvenate", "--base", str(base), "--sft", str(sft),
-            "--out", str(out), "--alpha", str(alpha), "--fusion-only", "--overwrite"]
+            "--out", str(out), "--alpha", str(alpha), "--fusion-only", "--overwrite", *extra]
     if "--no-track" in help_text:
         argv.append("--no-track")
     return argv
@@ -256,6 +259,19 @@ def summarize(runs: list[proc_measure.Measurement]) -> dict:
 
 def ratios(summary: dict[str, dict]) -> dict:
     out: dict = {}
+    for tool in ("rayrejuv_ray1", "rayrejuv_ray2"):
+        if tool in summary:
+            ours = summary[tool]
+            out[f"{tool}_max_single_process_rss_gb"] = ours["max_single_rss_gb"]
+            if "mergekit" in summary:
+                r = ours["wall_s_median"] / summary["mergekit"]["wall_s_median"]
+                out[f"{tool}_over_mergekit_wall"] = r
+                out[f"{tool}_over_mergekit_wall_ok"] = r <= TARGET_WALL_RATIO_VS_MERGEKIT
+            if "rayrejuv" in summary:
+                out[f"{tool}_over_single_process_wall"] = (
+                    ours["wall_s_median"] / summary["rayrejuv"]["wall_s_median"])
+            if "io_floor" in summary:
+                out[f"{tool}_over_io_floor_wall"] = ours["wall_s_median"] / summary["io_floor"]["wall_s_median"]
     if "rayrejuv" in summary:
         ours = summary["rayrejuv"]
         out["rayrejuv_peak_rss_gb"] = ours["peak_rss_gb"]
@@ -276,14 +292,20 @@ def ratios(summary: dict[str, dict]) -> dict:
 def correctness(outputs: dict[str, Path], base: Path, sft: Path,
                 args: argparse.Namespace) -> dict[str, dict]:
     merged = {tool: find_checkpoint_dir(outputs[tool])
-              for tool in ("rayrejuv", "mergekit") if tool in outputs}
+              for tool in ("rayrejuv", "mergekit", "rayrejuv_ray2") if tool in outputs}
     results: dict[str, dict] = {}
-    if len(merged) == 2:
+    if "rayrejuv_ray2" in merged and "rayrejuv" in merged:
+        log("[check] rayrejuv on Ray (2 workers) vs single process")
+        results["ray2_vs_single_process"] = checkpoint_compare.compare_checkpoints(
+            "ray2_vs_single_process", merged["rayrejuv_ray2"], merged["rayrejuv"], 0.0).to_json()
+    if "rayrejuv" in merged and "mergekit" in merged:
         log("[check] rayrejuv vs mergekit")
         results["rayrejuv_vs_mergekit"] = checkpoint_compare.compare_checkpoints(
             "rayrejuv_vs_mergekit", merged["rayrejuv"], merged["mergekit"],
             args.atol_floor).to_json()
     for tool, directory in merged.items():
+        if tool == "rayrejuv_ray2":
+            continue
         log(f"[check] {tool} vs float32 reference")
         results[f"{tool}_vs_reference"] = checkpoint_compare.compare_with_fusion_reference(
             f"{tool}_vs_reference", directory, base, sft, args.alpha,
@@ -312,11 +334,21 @@ def format_report(record: dict) -> str:
     for tool in TOOLS:
         if tool in summary:
             s = summary[tool]
-            lines.append(f"{tool:<10} {s['wall_s_median']:>8.2f} {s['peak_rss_gb']:>12.2f} "
+            lines.append(f"{tool:<14} {s['wall_s_median']:>8.2f} {s['peak_rss_gb']:>12.2f} "
                          f"{s['peak_tree_anon_gb']:>8.2f} {s['max_single_rss_gb']:>10.2f} "
                          f"{s['cpu_s_median']:>7.1f} {s['other_cpu_share_max']:>9.0%}")
     r = record["ratios"]
     lines.append("")
+    for tool in ("rayrejuv_ray1", "rayrejuv_ray2"):
+        if f"{tool}_over_mergekit_wall" in r:
+            lines.append(f"{tool}/mergekit wall  {r[f'{tool}_over_mergekit_wall']:6.3f}   target <= "
+                         f"{TARGET_WALL_RATIO_VS_MERGEKIT}  {_verdict(r[f'{tool}_over_mergekit_wall_ok'])}")
+        if f"{tool}_over_single_process_wall" in r:
+            lines.append(f"{tool}/single-process wall  {r[f'{tool}_over_single_process_wall']:6.3f}")
+        if f"{tool}_over_io_floor_wall" in r:
+            lines.append(f"{tool}/IO floor wall  {r[f'{tool}_over_io_floor_wall']:6.3f}")
+        if f"{tool}_max_single_process_rss_gb" in r:
+            lines.append(f"{tool} largest single-process RSS GB  {r[f'{tool}_max_single_process_rss_gb']:6.3f}")
     if "rayrejuv_over_mergekit_wall" in r:
         lines.append(f"rayrejuv/mergekit wall  {r['rayrejuv_over_mergekit_wall']:6.3f}   "
                      f"target <= {TARGET_WALL_RATIO_VS_MERGEKIT}  "
@@ -388,17 +420,18 @@ def main(argv: list[str]) -> int:
         commands["mergekit"] = mergekit_argv(mergekit_yaml, config, outputs["mergekit"])
         versions["mergekit_venv"] = package_versions(
             args.mergekit_venv / "bin" / "python", ["mergekit", "torch", "transformers"])
-    if "rayrejuv" in tools:
+    if any(t in RAYREJUV_VARIANTS for t in tools):
         help_text = rayrejuv_help(args.rayrejuv)
-        commands["rayrejuv"] = rayrejuv_argv(args.rayrejuv, help_text, base, sft,
-                                             outputs["rayrejuv"], args.alpha)
+        for tool in (t for t in tools if t in RAYREJUV_VARIANTS):
+            commands[tool] = rayrejuv_argv(args.rayrejuv, help_text, base, sft, outputs[tool], args.alpha,
+                                           RAYREJUV_VARIANTS[tool])
         versions["rayrejuv_venv"] = package_versions(
             args.rayrejuv.parent / "python", ["rayrejuv", "torch", "safetensors"])
 
     inputs = sorted(base.glob("*.safetensors")) + sorted(sft.glob("*.safetensors"))
     try:
         runs = run_repeats(commands, outputs, inputs, args, logs_dir)
-        checks = correctness({t: outputs[t] for t in ("rayrejuv", "mergekit") if t in tools},
+        checks = correctness({t: outputs[t] for t in ("rayrejuv", "mergekit", "rayrejuv_ray2") if t in tools},
                              base, sft, args)
     finally:
         if not args.keep:
