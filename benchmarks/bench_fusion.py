@@ -50,44 +50,77 @@ GB = 1e9  # decimal gigabytes throughout
 
 # --------------------------------------------------------------------------- arguments
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark rayrejuv fusion against mergekit task_arithmetic.")
-    parser.add_argument("--size", choices=sorted(synth_llama.SHAPES), default="1b",
-                        help="synthetic checkpoint size: 1b = TinyLlama-1.1B shape, "
-                             "small = 0.29B / 8 layers, tiny = harness smoke test "
-                             "(default: 1b)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="timed runs per command; the table shows the median wall "
-                             "time and the max peak RSS (default: 1)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the merged outputs under CACHE_DIR/SIZE/out/")
-    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
-                        help="commands to run (default: all three)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="fusion weight: out = base + alpha*(sft-base) (default: 0.5)")
-    parser.add_argument("--page-cache", choices=("warm", "cold"), default="warm",
-                        help="before each timed command: 'warm' reads both inputs once "
-                             "so they are in the page cache; 'cold' drops the page "
-                             "cache (needs root) (default: warm)")
-    parser.add_argument("--shards", type=int, default=3,
-                        help="safetensors shards per input checkpoint (default: 3)")
+    parser = argparse.ArgumentParser(description="Benchmark rayrejuv fusion against mergekit task_arithmetic.")
+    parser.add_argument(
+        "--size",
+        choices=sorted(synth_llama.SHAPES),
+        default="1b",
+        help="synthetic checkpoint size: 1b = TinyLlama-1.1B shape, "
+        "small = 0.29B / 8 layers, tiny = harness smoke test "
+        "(default: 1b)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed runs per command; the table shows the median wall time and the max peak RSS (default: 1)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the merged outputs under CACHE_DIR/SIZE/out/")
+    parser.add_argument(
+        "--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="commands to run (default: all three)"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="fusion weight: out = base + alpha*(sft-base) (default: 0.5)"
+    )
+    parser.add_argument(
+        "--page-cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="before each timed command: 'warm' reads both inputs once "
+        "so they are in the page cache; 'cold' drops the page "
+        "cache (needs root) (default: warm)",
+    )
+    parser.add_argument("--shards", type=int, default=3, help="safetensors shards per input checkpoint (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
-    parser.add_argument("--cache-dir", type=Path, default=BENCH_DIR / ".cache",
-                        help="synthetic pairs and outputs (default: benchmarks/.cache)")
-    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results" / "fusion.json",
-                        help="JSON results file; the entry for --size is replaced, other "
-                             "sizes are kept (default: benchmarks/results/fusion.json)")
-    parser.add_argument("--rayrejuv", type=Path, default=REPO_ROOT / ".venv" / "bin" / "rayrejuv",
-                        help="rayrejuv executable (default: .venv/bin/rayrejuv)")
-    parser.add_argument("--mergekit-venv", type=Path, default=REPO_ROOT / ".venv-bench",
-                        help="venv holding mergekit; created with "
-                             f"{' '.join(MERGEKIT_PINS)} if missing (default: .venv-bench)")
-    parser.add_argument("--poll-interval", type=float, default=0.05,
-                        help="seconds between RSS samples of the process tree (default: 0.05)")
-    parser.add_argument("--atol-floor", type=float, default=1e-6,
-                        help="absolute tolerance added to the 1-bf16-ulp relative "
-                             "tolerance, for values near zero (default: 1e-6)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=BENCH_DIR / ".cache",
+        help="synthetic pairs and outputs (default: benchmarks/.cache)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=BENCH_DIR / "results" / "fusion.json",
+        help="JSON results file; the entry for --size is replaced, other "
+        "sizes are kept (default: benchmarks/results/fusion.json)",
+    )
+    parser.add_argument(
+        "--rayrejuv",
+        type=Path,
+        default=REPO_ROOT / ".venv" / "bin" / "rayrejuv",
+        help="rayrejuv executable (default: .venv/bin/rayrejuv)",
+    )
+    parser.add_argument(
+        "--mergekit-venv",
+        type=Path,
+        default=REPO_ROOT / ".venv-bench",
+        help=f"venv holding mergekit; created with {' '.join(MERGEKIT_PINS)} if missing (default: .venv-bench)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.05,
+        help="seconds between RSS samples of the process tree (default: 0.05)",
+    )
+    parser.add_argument(
+        "--atol-floor",
+        type=float,
+        default=1e-6,
+        help="absolute tolerance added to the 1-bf16-ulp relative tolerance, for values near zero (default: 1e-6)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -99,6 +132,7 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- tools
+
 
 def ensure_mergekit_venv(venv: Path) -> Path:
     """Return the mergekit-yaml executable, creating the venv if it is missing."""
@@ -114,21 +148,40 @@ def ensure_mergekit_venv(venv: Path) -> Path:
 def rayrejuv_help(rayrejuv: Path) -> str:
     """`rayrejuv rejuvenate --help`, or raise with a clear message if unavailable."""
     if not rayrejuv.exists():
-        raise SystemExit(f"rayrejuv not found at {rayrejuv} (omit it with "
-                         "--tools io_floor mergekit)")
-    proc = subprocess.run([str(rayrejuv), "rejuvenate", "--help"], check=False,
-                          capture_output=True, text=True, timeout=300,
-                          env={**subprocess_env(), "COLUMNS": "200"})  # unwrapped help
+        raise SystemExit(f"rayrejuv not found at {rayrejuv} (omit it with --tools io_floor mergekit)")
+    proc = subprocess.run(
+        [str(rayrejuv), "rejuvenate", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**subprocess_env(), "COLUMNS": "200"},
+    )  # unwrapped help
     if proc.returncode != 0:
-        raise SystemExit(f"`{rayrejuv} rejuvenate --help` failed (rc={proc.returncode}):\n"
-                         f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise SystemExit(
+            f"`{rayrejuv} rejuvenate --help` failed (rc={proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     return proc.stdout
 
 
-def rayrejuv_argv(rayrejuv: Path, help_text: str, base: Path, sft: Path, out: Path,
-                  alpha: float, extra: list[str]) -> list[str]:
-    argv = [str(rayrejuv), "rejuvenate", "--base", str(base), "--sft", str(sft),
-            "--out", str(out), "--alpha", str(alpha), "--fusion-only", "--overwrite", *extra]
+def rayrejuv_argv(
+    rayrejuv: Path, help_text: str, base: Path, sft: Path, out: Path, alpha: float, extra: list[str]
+) -> list[str]:
+    argv = [
+        str(rayrejuv),
+        "rejuvenate",
+        "--base",
+        str(base),
+        "--sft",
+        str(sft),
+        "--out",
+        str(out),
+        "--alpha",
+        str(alpha),
+        "--fusion-only",
+        "--overwrite",
+        *extra,
+    ]
     if "--no-track" in help_text:
         argv.append("--no-track")
     return argv
@@ -153,11 +206,14 @@ def mergekit_argv(mergekit_yaml: Path, config: Path, out: Path) -> list[str]:
 
 def io_floor_argv(base: Path, sft: Path, out: Path) -> list[str]:
     """Read both inputs and write one checkpoint-sized output with plain file tools."""
+
     def shards(directory: Path) -> str:
         return " ".join(shlex.quote(str(p)) for p in sorted(directory.glob("*.safetensors")))
 
-    script = (f"cat {shards(base)} > /dev/null && cat {shards(sft)} > /dev/null && "
-              f"mkdir -p {shlex.quote(str(out))} && cp {shards(base)} {shlex.quote(str(out))}/")
+    script = (
+        f"cat {shards(base)} > /dev/null && cat {shards(sft)} > /dev/null && "
+        f"mkdir -p {shlex.quote(str(out))} && cp {shards(base)} {shlex.quote(str(out))}/"
+    )
     return ["bash", "-c", script]
 
 
@@ -169,18 +225,20 @@ def package_versions(python: Path, packages: list[str]) -> dict[str, str]:
     """Installed versions of ``packages`` in the environment of ``python`` (best effort)."""
     if not python.exists():
         return {}
-    code = ("import importlib.metadata as m, json, sys\n"
-            "out = {}\n"
-            "for p in sys.argv[1:]:\n"
-            "    try: out[p] = m.version(p)\n"
-            "    except m.PackageNotFoundError: out[p] = None\n"
-            "print(json.dumps(out))")
-    proc = subprocess.run([str(python), "-c", code, *packages], check=False,
-                          capture_output=True, text=True)
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for p in sys.argv[1:]:\n"
+        "    try: out[p] = m.version(p)\n"
+        "    except m.PackageNotFoundError: out[p] = None\n"
+        "print(json.dumps(out))"
+    )
+    proc = subprocess.run([str(python), "-c", code, *packages], check=False, capture_output=True, text=True)
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
 # --------------------------------------------------------------------------- page cache
+
 
 def read_files(paths: list[Path]) -> None:
     chunk = 64 << 20
@@ -204,34 +262,37 @@ def prepare_page_cache(mode: str, inputs: list[Path]) -> None:
 
 # --------------------------------------------------------------------------- running
 
+
 def find_checkpoint_dir(out: Path) -> Path:
     """The directory holding the output's safetensors: OUT itself or one sub-directory."""
     if any(out.glob("*.safetensors")):
         return out
     candidates = sorted({p.parent for p in out.rglob("*.safetensors")})
     if len(candidates) != 1:
-        raise RuntimeError(f"expected one directory of .safetensors under {out}, "
-                           f"found {[str(c) for c in candidates]}")
+        raise RuntimeError(f"expected one directory of .safetensors under {out}, found {[str(c) for c in candidates]}")
     return candidates[0]
 
 
-def run_repeats(commands: dict[str, list[str]], outputs: dict[str, Path], inputs: list[Path],
-                args: argparse.Namespace, logs_dir: Path) -> dict[str, list[proc_measure.Measurement]]:
+def run_repeats(
+    commands: dict[str, list[str]],
+    outputs: dict[str, Path],
+    inputs: list[Path],
+    args: argparse.Namespace,
+    logs_dir: Path,
+) -> dict[str, list[proc_measure.Measurement]]:
     runs: dict[str, list[proc_measure.Measurement]] = {tool: [] for tool in commands}
     for repeat in range(args.repeats):
         for tool, argv in commands.items():
             shutil.rmtree(outputs[tool], ignore_errors=True)
             prepare_page_cache(args.page_cache, inputs)
             log(f"[run] {tool} (repeat {repeat + 1}/{args.repeats}): {shlex.join(argv)}")
-            result = proc_measure.measure(tool, argv, subprocess_env(),
-                                          logs_dir / f"{tool}-{repeat + 1}.log",
-                                          args.poll_interval)
-            log(f"[run]   rc={result.returncode} wall={result.wall_s:.2f}s "
-                f"peak_rss={result.peak_rss_bytes / GB:.2f}GB")
+            result = proc_measure.measure(
+                tool, argv, subprocess_env(), logs_dir / f"{tool}-{repeat + 1}.log", args.poll_interval
+            )
+            log(f"[run]   rc={result.returncode} wall={result.wall_s:.2f}s peak_rss={result.peak_rss_bytes / GB:.2f}GB")
             if result.returncode != 0:
                 tail = Path(result.log_path).read_text(errors="replace")[-3000:]
-                raise SystemExit(f"{tool} failed (rc={result.returncode}); log "
-                                 f"{result.log_path}:\n{tail}")
+                raise SystemExit(f"{tool} failed (rc={result.returncode}); log {result.log_path}:\n{tail}")
             runs[tool].append(result)
     return runs
 
@@ -268,8 +329,7 @@ def ratios(summary: dict[str, dict]) -> dict:
                 out[f"{tool}_over_mergekit_wall"] = r
                 out[f"{tool}_over_mergekit_wall_ok"] = r <= TARGET_WALL_RATIO_VS_MERGEKIT
             if "rayrejuv" in summary:
-                out[f"{tool}_over_single_process_wall"] = (
-                    ours["wall_s_median"] / summary["rayrejuv"]["wall_s_median"])
+                out[f"{tool}_over_single_process_wall"] = ours["wall_s_median"] / summary["rayrejuv"]["wall_s_median"]
             if "io_floor" in summary:
                 out[f"{tool}_over_io_floor_wall"] = ours["wall_s_median"] / summary["io_floor"]["wall_s_median"]
     if "rayrejuv" in summary:
@@ -281,39 +341,41 @@ def ratios(summary: dict[str, dict]) -> dict:
             out["rayrejuv_over_mergekit_wall"] = r
             out["rayrejuv_over_mergekit_wall_ok"] = r <= TARGET_WALL_RATIO_VS_MERGEKIT
         if "io_floor" in summary:
-            out["rayrejuv_over_io_floor_wall"] = (
-                ours["wall_s_median"] / summary["io_floor"]["wall_s_median"])
+            out["rayrejuv_over_io_floor_wall"] = ours["wall_s_median"] / summary["io_floor"]["wall_s_median"]
     if "mergekit" in summary and "io_floor" in summary:
-        out["mergekit_over_io_floor_wall"] = (
-            summary["mergekit"]["wall_s_median"] / summary["io_floor"]["wall_s_median"])
+        out["mergekit_over_io_floor_wall"] = summary["mergekit"]["wall_s_median"] / summary["io_floor"]["wall_s_median"]
     return out
 
 
-def correctness(outputs: dict[str, Path], base: Path, sft: Path,
-                args: argparse.Namespace) -> dict[str, dict]:
-    merged = {tool: find_checkpoint_dir(outputs[tool])
-              for tool in ("rayrejuv", "mergekit", "rayrejuv_ray2") if tool in outputs}
+def correctness(outputs: dict[str, Path], base: Path, sft: Path, args: argparse.Namespace) -> dict[str, dict]:
+    merged = {
+        tool: find_checkpoint_dir(outputs[tool])
+        for tool in ("rayrejuv", "mergekit", "rayrejuv_ray2")
+        if tool in outputs
+    }
     results: dict[str, dict] = {}
     if "rayrejuv_ray2" in merged and "rayrejuv" in merged:
         log("[check] rayrejuv on Ray (2 workers) vs single process")
         results["ray2_vs_single_process"] = checkpoint_compare.compare_checkpoints(
-            "ray2_vs_single_process", merged["rayrejuv_ray2"], merged["rayrejuv"], 0.0).to_json()
+            "ray2_vs_single_process", merged["rayrejuv_ray2"], merged["rayrejuv"], 0.0
+        ).to_json()
     if "rayrejuv" in merged and "mergekit" in merged:
         log("[check] rayrejuv vs mergekit")
         results["rayrejuv_vs_mergekit"] = checkpoint_compare.compare_checkpoints(
-            "rayrejuv_vs_mergekit", merged["rayrejuv"], merged["mergekit"],
-            args.atol_floor).to_json()
+            "rayrejuv_vs_mergekit", merged["rayrejuv"], merged["mergekit"], args.atol_floor
+        ).to_json()
     for tool, directory in merged.items():
         if tool == "rayrejuv_ray2":
             continue
         log(f"[check] {tool} vs float32 reference")
         results[f"{tool}_vs_reference"] = checkpoint_compare.compare_with_fusion_reference(
-            f"{tool}_vs_reference", directory, base, sft, args.alpha,
-            args.atol_floor).to_json()
+            f"{tool}_vs_reference", directory, base, sft, args.alpha, args.atol_floor
+        ).to_json()
     return results
 
 
 # --------------------------------------------------------------------------- reporting
+
 
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
@@ -323,26 +385,36 @@ def format_report(record: dict) -> str:
     ckpt, settings, summary = record["checkpoint"], record["settings"], record["summary"]
     lines = [
         "",
-        (f"fusion benchmark  size={ckpt['size']}  params={ckpt['params'] / 1e9:.3f}B  "
-         f"checkpoint={ckpt['bytes_per_checkpoint'] / GB:.2f} GB x2 in {ckpt['shards']} shards"),
-        (f"repeats={settings['repeats']}  page cache={settings['page_cache']}  "
-         f"alpha={settings['alpha']}  cpus={record['machine']['cpus']}"),
+        (
+            f"fusion benchmark  size={ckpt['size']}  params={ckpt['params'] / 1e9:.3f}B  "
+            f"checkpoint={ckpt['bytes_per_checkpoint'] / GB:.2f} GB x2 in {ckpt['shards']} shards"
+        ),
+        (
+            f"repeats={settings['repeats']}  page cache={settings['page_cache']}  "
+            f"alpha={settings['alpha']}  cpus={record['machine']['cpus']}"
+        ),
         "",
-        (f"{'command':<10} {'wall s':>8} {'peak RSS GB':>12} {'anon GB':>8} "
-         f"{'1-proc GB':>10} {'CPU s':>7} {'other CPU':>10}"),
+        (
+            f"{'command':<10} {'wall s':>8} {'peak RSS GB':>12} {'anon GB':>8} "
+            f"{'1-proc GB':>10} {'CPU s':>7} {'other CPU':>10}"
+        ),
     ]
     for tool in TOOLS:
         if tool in summary:
             s = summary[tool]
-            lines.append(f"{tool:<14} {s['wall_s_median']:>8.2f} {s['peak_rss_gb']:>12.2f} "
-                         f"{s['peak_tree_anon_gb']:>8.2f} {s['max_single_rss_gb']:>10.2f} "
-                         f"{s['cpu_s_median']:>7.1f} {s['other_cpu_share_max']:>9.0%}")
+            lines.append(
+                f"{tool:<14} {s['wall_s_median']:>8.2f} {s['peak_rss_gb']:>12.2f} "
+                f"{s['peak_tree_anon_gb']:>8.2f} {s['max_single_rss_gb']:>10.2f} "
+                f"{s['cpu_s_median']:>7.1f} {s['other_cpu_share_max']:>9.0%}"
+            )
     r = record["ratios"]
     lines.append("")
     for tool in ("rayrejuv_ray1", "rayrejuv_ray2"):
         if f"{tool}_over_mergekit_wall" in r:
-            lines.append(f"{tool}/mergekit wall  {r[f'{tool}_over_mergekit_wall']:6.3f}   target <= "
-                         f"{TARGET_WALL_RATIO_VS_MERGEKIT}  {_verdict(r[f'{tool}_over_mergekit_wall_ok'])}")
+            lines.append(
+                f"{tool}/mergekit wall  {r[f'{tool}_over_mergekit_wall']:6.3f}   target <= "
+                f"{TARGET_WALL_RATIO_VS_MERGEKIT}  {_verdict(r[f'{tool}_over_mergekit_wall_ok'])}"
+            )
         if f"{tool}_over_single_process_wall" in r:
             lines.append(f"{tool}/single-process wall  {r[f'{tool}_over_single_process_wall']:6.3f}")
         if f"{tool}_over_io_floor_wall" in r:
@@ -350,12 +422,16 @@ def format_report(record: dict) -> str:
         if f"{tool}_max_single_process_rss_gb" in r:
             lines.append(f"{tool} largest single-process RSS GB  {r[f'{tool}_max_single_process_rss_gb']:6.3f}")
     if "rayrejuv_over_mergekit_wall" in r:
-        lines.append(f"rayrejuv/mergekit wall  {r['rayrejuv_over_mergekit_wall']:6.3f}   "
-                     f"target <= {TARGET_WALL_RATIO_VS_MERGEKIT}  "
-                     f"{_verdict(r['rayrejuv_over_mergekit_wall_ok'])}")
+        lines.append(
+            f"rayrejuv/mergekit wall  {r['rayrejuv_over_mergekit_wall']:6.3f}   "
+            f"target <= {TARGET_WALL_RATIO_VS_MERGEKIT}  "
+            f"{_verdict(r['rayrejuv_over_mergekit_wall_ok'])}"
+        )
     if "rayrejuv_peak_rss_gb" in r:
-        lines.append(f"rayrejuv peak RSS GB    {r['rayrejuv_peak_rss_gb']:6.3f}   "
-                     f"target <= {TARGET_PEAK_RSS_GB}  {_verdict(r['rayrejuv_peak_rss_ok'])}")
+        lines.append(
+            f"rayrejuv peak RSS GB    {r['rayrejuv_peak_rss_gb']:6.3f}   "
+            f"target <= {TARGET_PEAK_RSS_GB}  {_verdict(r['rayrejuv_peak_rss_ok'])}"
+        )
     if "rayrejuv_over_io_floor_wall" in r:
         lines.append(f"rayrejuv/IO floor wall  {r['rayrejuv_over_io_floor_wall']:6.3f}")
     if "mergekit_over_io_floor_wall" in r:
@@ -367,23 +443,33 @@ def format_report(record: dict) -> str:
             f"{c['tensors_with_any_difference']}, beyond 1 bf16 ulp="
             f"{len(c['tensors_beyond_tolerance'])}, elements different="
             f"{c['elements_different']}/{c['elements_compared']}, "
-            f"max|diff|={c['max_abs_diff']:.3g}")
-    busy = [t for t, s in summary.items()
-            if s["other_cpu_share_max"] > OTHER_CPU_WARNING
-            and s["other_cpu_s_max"] > OTHER_CPU_WARNING_MIN_S]
+            f"max|diff|={c['max_abs_diff']:.3g}"
+        )
+    busy = [
+        t
+        for t, s in summary.items()
+        if s["other_cpu_share_max"] > OTHER_CPU_WARNING and s["other_cpu_s_max"] > OTHER_CPU_WARNING_MIN_S
+    ]
     if busy:
-        lines += ["", (f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
-                       f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
-                       "machine.")]
+        lines += [
+            "",
+            (
+                f"WARNING: other processes used > {OTHER_CPU_WARNING:.0%} of the CPUs "
+                f"during {', '.join(busy)}: wall times are inflated; rerun on an idle "
+                "machine."
+            ),
+        ]
     lines += [
         "",
-        ("wall s: median over repeats.  peak RSS GB: max over repeats of max(summed RSS of "
-         "the process tree sampled every "
-         f"{settings['poll_interval_s'] * 1000:.0f} ms, kernel ru_maxrss).  anon GB: the "
-         "sampled tree sum without file-backed/shared pages.  1-proc GB: kernel ru_maxrss "
-         "(largest single process).  GB = 1e9 bytes.  CPU s: user+system "
-         "time of the command's process tree.  other CPU: max share of all CPUs used by "
-         "other processes during the run."),
+        (
+            "wall s: median over repeats.  peak RSS GB: max over repeats of max(summed RSS of "
+            "the process tree sampled every "
+            f"{settings['poll_interval_s'] * 1000:.0f} ms, kernel ru_maxrss).  anon GB: the "
+            "sampled tree sum without file-backed/shared pages.  1-proc GB: kernel ru_maxrss "
+            "(largest single process).  GB = 1e9 bytes.  CPU s: user+system "
+            "time of the command's process tree.  other CPU: max share of all CPUs used by "
+            "other processes during the run."
+        ),
     ]
     return "\n".join(lines)
 
@@ -398,6 +484,7 @@ def write_results(path: Path, size: str, record: dict) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
@@ -419,20 +506,24 @@ def main(argv: list[str]) -> int:
         mergekit_config = write_mergekit_config(config, base, sft, args.alpha)
         commands["mergekit"] = mergekit_argv(mergekit_yaml, config, outputs["mergekit"])
         versions["mergekit_venv"] = package_versions(
-            args.mergekit_venv / "bin" / "python", ["mergekit", "torch", "transformers"])
+            args.mergekit_venv / "bin" / "python", ["mergekit", "torch", "transformers"]
+        )
     if any(t in RAYREJUV_VARIANTS for t in tools):
         help_text = rayrejuv_help(args.rayrejuv)
         for tool in (t for t in tools if t in RAYREJUV_VARIANTS):
-            commands[tool] = rayrejuv_argv(args.rayrejuv, help_text, base, sft, outputs[tool], args.alpha,
-                                           RAYREJUV_VARIANTS[tool])
+            commands[tool] = rayrejuv_argv(
+                args.rayrejuv, help_text, base, sft, outputs[tool], args.alpha, RAYREJUV_VARIANTS[tool]
+            )
         versions["rayrejuv_venv"] = package_versions(
-            args.rayrejuv.parent / "python", ["rayrejuv", "torch", "safetensors"])
+            args.rayrejuv.parent / "python", ["rayrejuv", "torch", "safetensors"]
+        )
 
     inputs = sorted(base.glob("*.safetensors")) + sorted(sft.glob("*.safetensors"))
     try:
         runs = run_repeats(commands, outputs, inputs, args, logs_dir)
-        checks = correctness({t: outputs[t] for t in ("rayrejuv", "mergekit", "rayrejuv_ray2") if t in tools},
-                             base, sft, args)
+        checks = correctness(
+            {t: outputs[t] for t in ("rayrejuv", "mergekit", "rayrejuv_ray2") if t in tools}, base, sft, args
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -440,21 +531,36 @@ def main(argv: list[str]) -> int:
 
     record = {
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / GB,
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": psutil.virtual_memory().total / GB,
+            "platform": platform.platform(),
+        },
         "versions": versions,
-        "checkpoint": {"size": args.size, "params": synth_llama.num_params(spec.shape),
-                       "bytes_per_checkpoint": sum(p.stat().st_size for p in inputs) // 2,
-                       "shards": spec.num_shards, "base": str(base), "sft": str(sft)},
-        "settings": {"repeats": args.repeats, "page_cache": args.page_cache,
-                     "alpha": args.alpha, "poll_interval_s": args.poll_interval,
-                     "atol_floor": args.atol_floor, "offline_env": OFFLINE_ENV},
+        "checkpoint": {
+            "size": args.size,
+            "params": synth_llama.num_params(spec.shape),
+            "bytes_per_checkpoint": sum(p.stat().st_size for p in inputs) // 2,
+            "shards": spec.num_shards,
+            "base": str(base),
+            "sft": str(sft),
+        },
+        "settings": {
+            "repeats": args.repeats,
+            "page_cache": args.page_cache,
+            "alpha": args.alpha,
+            "poll_interval_s": args.poll_interval,
+            "atol_floor": args.atol_floor,
+            "offline_env": OFFLINE_ENV,
+        },
         "commands": commands,
         "mergekit_config": mergekit_config,
         "runs": {tool: [m.to_json() for m in ms] for tool, ms in runs.items()},
         "summary": summary,
-        "targets": {"rayrejuv_over_mergekit_wall_max": TARGET_WALL_RATIO_VS_MERGEKIT,
-                    "rayrejuv_peak_rss_gb_max": TARGET_PEAK_RSS_GB},
+        "targets": {
+            "rayrejuv_over_mergekit_wall_max": TARGET_WALL_RATIO_VS_MERGEKIT,
+            "rayrejuv_peak_rss_gb_max": TARGET_PEAK_RSS_GB,
+        },
         "ratios": ratios(summary),
         "correctness": checks,
     }

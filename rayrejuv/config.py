@@ -65,7 +65,9 @@ class RejuvenateConfig(_Config):
     )
     batch_size: int = Field(8, ge=1, description="calibration examples per forward pass")
     max_length: int = Field(512, ge=2, description="truncate calibration examples to this many tokens")
-    max_shard_gb: float = Field(2.0, gt=0.0, description="largest output shard, in GB")
+    max_shard_gb: float = Field(
+        0.5, gt=0.0, description="largest output shard, in GB (shards are the unit of parallel work on Ray)"
+    )
     overwrite: bool = Field(False, description="replace an existing output directory")
     allow_pickle: bool = Field(False, description="accept pytorch_model.bin inputs (loaded with weights_only=True)")
     resume: bool = Field(False, description="finish an interrupted run into the same --out, reusing verified shards")

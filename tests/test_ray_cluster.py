@@ -3,8 +3,8 @@
 import filecmp
 
 import pytest
-
 from conftest import rejuv_config
+
 from rayrejuv.pipelines.rejuvenate import rejuvenate
 
 
@@ -27,8 +27,13 @@ def test_spread_uses_both_nodes_and_output_is_identical(two_nodes, make_pair, ca
     common = dict(calibration=calibration, reset_ratio=0.05, max_shard_gb=40e-6)
     rejuvenate(rejuv_config(base, sft, tmp_path / "ref", **common), progress=False)
     rep = rejuvenate(
-        rejuv_config(base, sft, tmp_path / "out", ray={"address": two_nodes.address, "workers": 2,
-                                                       "placement": "spread"}, **common),
+        rejuv_config(
+            base,
+            sft,
+            tmp_path / "out",
+            ray={"address": two_nodes.address, "workers": 2, "placement": "spread"},
+            **common,
+        ),
         progress=False,
     )
     assert len(rep["execution"]["nodes"]) == 2

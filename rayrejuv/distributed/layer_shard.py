@@ -29,6 +29,7 @@ class ShardResult:
     seconds: float
     reused: bool
     worker: str  # host:pid
+    peak_rss_mb: float  # this worker process's peak resident memory so far
 
 
 class ShardWorker:
@@ -55,7 +56,7 @@ class ShardWorker:
         fp = self._fp(stage, reset_hash)
         done = read_marker(self.directory, plan, fp)
         if done is not None:
-            return ShardResult(plan.file, stage, done["checksums"], 0.0, True, self.name)
+            return ShardResult(plan.file, stage, done["checksums"], 0.0, True, self.name, _peak_rss_mb())
         t0 = time.perf_counter()
 
         def mark(p: ShardPlan, sums: dict[str, str]) -> None:
@@ -73,22 +74,28 @@ class ShardWorker:
             progress=False,
             on_shard_done=mark,
         )
-        return ShardResult(plan.file, stage, sums, time.perf_counter() - t0, False, self.name)
+        return ShardResult(plan.file, stage, sums, time.perf_counter() - t0, False, self.name, _peak_rss_mb())
 
     def patch(self, plan: ShardPlan, fused: ShardResult, reset_set: ResetSet, reset_hash: str) -> ShardResult:
         """Turn a fused shard into the final one by rewriting its reset neurons in place."""
         fp = self._fp("final", reset_hash)
         done = read_marker(self.directory, plan, fp)
         if done is not None:
-            return ShardResult(plan.file, "final", done["checksums"], 0.0, True, self.name)
+            return ShardResult(plan.file, "final", done["checksums"], 0.0, True, self.name, _peak_rss_mb())
         t0 = time.perf_counter()
         sums = dict(fused.checksums)
         sums.update(patch_shards(self.directory, [plan], self.base, self.sft, reset_set, self.alpha, self.omega))
         write_marker(self.directory, plan, "final", fp, sums)
-        return ShardResult(plan.file, "final", sums, time.perf_counter() - t0, False, self.name)
+        return ShardResult(plan.file, "final", sums, time.perf_counter() - t0, False, self.name, _peak_rss_mb())
 
     def _fp(self, stage: str, reset_hash: str) -> str:
         return f"{self.fingerprint}:{stage}:{reset_hash if stage == 'final' else ''}"
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _maybe_die() -> None:
