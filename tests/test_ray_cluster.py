@@ -39,3 +39,47 @@ def test_spread_uses_both_nodes_and_output_is_identical(two_nodes, make_pair, ca
     assert len(rep["execution"]["nodes"]) == 2
     for f in rep["output"]["files"] + ["config.json", "checksums.json"]:
         assert filecmp.cmp(tmp_path / "ref" / f, tmp_path / "out" / f, shallow=False), f
+
+
+@pytest.mark.parametrize("head_auth", ["disabled", None])
+def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, tmp_path, monkeypatch, head_auth):
+    """A cluster started with `ray start` (auth from Ray 2.60's defaults: token when
+    ~/.ray/auth_token exists, or explicitly disabled) is joined without AuthenticationError."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    ray.shutdown()
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("a-local-token")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["HOME"] = str(tmp_path)
+    if head_auth:
+        env["RAY_AUTH_MODE"] = head_auth
+    ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
+    subprocess.run(
+        ray_cli + ["start", "--head", "--port=6391", "--num-cpus=2", "--include-dashboard=false"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    try:
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        base, sft = make_pair("llama")
+        rep = rejuvenate(
+            rejuv_config(
+                base, sft, tmp_path / "out", fusion_only=True, ray={"address": "127.0.0.1:6391", "workers": 1}
+            ),
+            progress=False,
+        )
+        assert rep["execution"]["mode"] == "ray" and (tmp_path / "out" / "model.safetensors").is_file()
+    finally:
+        ray.shutdown()
+        subprocess.run(ray_cli + ["stop", "--force"], env=env, capture_output=True)
+        from ray._private.authentication.authentication_token_setup import Config
+
+        os.environ.pop("RAY_AUTH_MODE", None)  # undo a flip made by the retry, for later tests
+        Config.initialize("")

@@ -26,9 +26,10 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[di
     """Yield the cluster's resources. With no address (and no RAY_ADDRESS) a local instance is
     started for the run and shut down after; otherwise the run joins the given cluster.
 
-    Ray 2.60 turns token auth on for local ray.init() and leaves ~/.ray/auth_token behind, while a
-    cluster started with `ray start` may run without it: a mismatch raises AuthenticationError.
-    We retry once with the other mode, so a default setup just works.
+    Ray 2.60 turns token auth on for a local ray.init() and for `ray start` when
+    ~/.ray/auth_token exists, but a joining client with RAY_AUTH_MODE unset connects without the
+    token and fails (as AuthenticationError or as a bare "Failed to connect"). We retry once
+    with the other mode, so a default setup just works.
     """
     import ray
 
@@ -36,13 +37,10 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[di
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"log_to_driver": True, "configure_logging": False}
     if not already:
-        try:
-            if address:
-                _init(ray, address, kwargs)
-            else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-        except ConnectionError as e:
-            raise RejuvError(f"cannot reach the Ray cluster at {address}: {e}; check --ray-address") from None
+        if address:
+            _join(ray, address, kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     try:
         yield ray.cluster_resources()
     finally:
@@ -50,19 +48,21 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[di
             ray.shutdown()
 
 
-def _init(ray, address: str, kwargs: dict) -> None:
+def _join(ray, address: str, kwargs: dict) -> None:
     from ray.exceptions import AuthenticationError
 
     try:
         ray.init(address=address, **kwargs)
-    except (AuthenticationError, RuntimeError) as first:
-        if not isinstance(first, AuthenticationError) and "token" not in str(first).lower():
-            raise
-        mode = _flip_auth_mode()
-        try:
-            ray.init(address=address, **kwargs)
-        except AuthenticationError as second:
-            raise RejuvError(
-                f"Ray cluster at {address} refused authentication in both modes (last tried {AUTH_ENV}={mode}): "
-                f"{second}; set {AUTH_ENV} and RAY_AUTH_TOKEN to the cluster's"
-            ) from None
+        return
+    except (AuthenticationError, ConnectionError) as e:
+        first = e
+    ray.shutdown()
+    mode = _flip_auth_mode()
+    try:
+        ray.init(address=address, **kwargs)
+    except (AuthenticationError, ConnectionError) as second:
+        ray.shutdown()
+        raise RejuvError(
+            f"cannot join the Ray cluster at {address} with {AUTH_ENV}=token or disabled ({first}; then {second}); "
+            f"check --ray-address, and set {AUTH_ENV} and RAY_AUTH_TOKEN to the cluster's"
+        ) from None
