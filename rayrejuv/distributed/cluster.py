@@ -63,6 +63,7 @@ def _join(ray, address: str, kwargs: dict) -> None:
     except (AuthenticationError, ConnectionError) as second:
         ray.shutdown()
         raise RejuvError(
-            f"cannot join the Ray cluster at {address} with {AUTH_ENV}=token or disabled ({first}; then {second}); "
+            f"cannot join the Ray cluster at {address} with either auth mode ({first}; then, with {AUTH_ENV}={mode}, "
+            f"{second}); "
             f"check --ray-address, and set {AUTH_ENV} and RAY_AUTH_TOKEN to the cluster's"
         ) from None

@@ -1,0 +1,108 @@
+"""GRPO (group relative policy optimisation): advantages, KL estimators and the clipped loss.
+
+Shapes: G samples per prompt; N = prompts x G sequences; T = completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+KLKind = Literal["k1", "k2", "k3", "low_var"]
+Aggregation = Literal["token_mean", "seq_mean"]
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (r_i - mean_group) / (std_group + eps), or r_i - mean_group without `scale`.
+
+    rewards (P, G) -> (P, G). std is the unbiased sample std (as TRL). A group whose rewards are
+    all equal gets A = 0 for every member: it carries no learning signal (the collapse a rigid
+    SFT model suffers in GRPO).
+    """
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, kind: KLKind) -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi.  (N, T) x2 -> (N, T).
+
+    k1 = log r', k2 = (log r')^2 / 2, k3 = (r - 1) - log r with r = pi_ref / pi (unbiased,
+    non-negative, low variance; Schulman 2020); low_var = k3 clamped to [-10, 10] (as verl).
+    """
+    log_ratio = logp - logp_ref  # log pi - log pi_ref
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.pow(2)
+    k3 = torch.exp(-log_ratio) - 1.0 + log_ratio
+    return k3 if kind == "k3" else k3.clamp(-10.0, 10.0)
+
+
+@dataclass
+class GRPOStats:
+    loss: float
+    pg_loss: float
+    kl: float
+    clip_fraction: float
+    ratio_mean: float
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation) -> torch.Tensor:
+    """token_mean: sum over all valid tokens / their count (long answers weigh more);
+    seq_mean: mean over sequences of each sequence's token mean.  (N, T) -> ()."""
+    mask = mask.to(per_token.dtype)
+    if how == "token_mean":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return per_seq.mean()
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    logp_ref: torch.Tensor | None = None,
+    kl_kind: KLKind = "k3",
+    aggregation: Aggregation = "token_mean",
+) -> tuple[torch.Tensor, GRPOStats]:
+    """The clipped surrogate with an optional KL penalty, reduced over tokens.
+
+        ratio_t = exp(logp_t - logp_old_t)
+        l_t = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps_high) * A) + beta * KL_t
+
+    logp, logp_old, logp_ref, mask: (N, T); advantages: (N,) one per sequence.
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logp - logp_old)  # (N, T)
+    adv = advantages[:, None]  # (N, 1)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + eps_high) * adv
+    pg = -torch.minimum(unclipped, clipped)  # (N, T)
+    per_token = pg
+    kl = torch.zeros_like(pg)
+    if beta != 0.0:
+        if logp_ref is None:
+            raise ValueError("beta != 0 needs reference log-probs (logp_ref)")
+        kl = kl_penalty(logp, logp_ref, kl_kind)
+        per_token = pg + beta * kl
+    loss = aggregate(per_token, mask, aggregation)
+    with torch.no_grad():
+        m = mask.bool()
+        is_clipped = (clipped < unclipped) & m  # the clip bound is the active term of the min
+        stats = GRPOStats(
+            loss=float(loss),
+            pg_loss=float(aggregate(pg, mask, aggregation)),
+            kl=float(aggregate(kl, mask, aggregation)),
+            clip_fraction=float(is_clipped.sum() / m.sum().clamp(min=1)),
+            ratio_mean=float(ratio[m].mean()) if bool(m.any()) else 1.0,
+        )
+    return loss, stats
