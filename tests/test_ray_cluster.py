@@ -42,44 +42,56 @@ def test_spread_uses_both_nodes_and_output_is_identical(two_nodes, make_pair, ca
 
 
 @pytest.mark.parametrize("head_auth", ["disabled", None])
-def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, tmp_path, monkeypatch, head_auth):
-    """A cluster started with `ray start` (auth from Ray 2.60's defaults: token when
-    ~/.ray/auth_token exists, or explicitly disabled) is joined without AuthenticationError."""
+def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, tmp_path, head_auth):
+    """A user's default setup: ~/.ray/auth_token exists (a local ray.init made it) and a cluster
+    was started with `ray start`, which then enables token auth (or has it disabled explicitly).
+    `rayrejuv rejuvenate --ray-address` joins it either way. Run as a user would, in fresh
+    processes: Ray keeps auth state in the process environment."""
+    import json
     import os
     import subprocess
     import sys
 
-    import ray
-
-    ray.shutdown()
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("a-local-token")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env["HOME"] = str(tmp_path)
-    if head_auth:
-        env["RAY_AUTH_MODE"] = head_auth
+    head_env = {**env, "RAY_AUTH_MODE": head_auth} if head_auth else env
     ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
     subprocess.run(
         ray_cli + ["start", "--head", "--port=6391", "--num-cpus=2", "--include-dashboard=false"],
         check=True,
-        env=env,
+        env=head_env,
         capture_output=True,
     )
     try:
-        monkeypatch.setenv("HOME", str(tmp_path))
-        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
         base, sft = make_pair("llama")
-        rep = rejuvenate(
-            rejuv_config(
-                base, sft, tmp_path / "out", fusion_only=True, ray={"address": "127.0.0.1:6391", "workers": 1}
-            ),
-            progress=False,
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rayrejuv",
+                "rejuvenate",
+                "--base",
+                str(base),
+                "--sft",
+                str(sft),
+                "--out",
+                str(tmp_path / "out"),
+                "--fusion-only",
+                "--ray-address",
+                "127.0.0.1:6391",
+                "--workers",
+                "1",
+                "--no-track",
+                "--quiet",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
         )
-        assert rep["execution"]["mode"] == "ray" and (tmp_path / "out" / "model.safetensors").is_file()
+        assert r.returncode == 0, r.stderr[-2000:]
+        report = json.loads((tmp_path / "out" / "rejuvenation_report.json").read_text())
+        assert report["execution"]["mode"] == "ray"
     finally:
-        ray.shutdown()
-        subprocess.run(ray_cli + ["stop", "--force"], env=env, capture_output=True)
-        from ray._private.authentication.authentication_token_setup import Config
-
-        os.environ.pop("RAY_AUTH_MODE", None)  # undo a flip made by the retry, for later tests
-        Config.initialize("")
+        subprocess.run(ray_cli + ["stop", "--force"], env=head_env, capture_output=True)
