@@ -141,3 +141,21 @@ def test_fused_attribution_model_runs_and_differs(make_pair, tmp_path, calibrati
     assert a["reset_count"] == f["reset_count"]
     key = lambda r: [(n["layer"], n["module"], n["index"]) for n in r["neurons"]]  # noqa: E731
     assert set(key(a)) != set(key(f))
+
+
+def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monkeypatch):
+    from rayrejuv.io import writer
+    from rayrejuv.pipelines import rejuvenate as pipeline
+
+    base, sft = make_pair("llama")
+    real = writer.verify_shards
+
+    def truncate_then_verify(directory, plans):
+        with open(directory / plans[0].file, "r+b") as f:
+            f.truncate(f.seek(0, 2) - 4)
+        real(directory, plans)
+
+    monkeypatch.setattr(pipeline, "verify_shards", truncate_then_verify)
+    with pytest.raises(RuntimeError, match="bytes, expected"):
+        rejuvenate(rejuv_config(base, sft, tmp_path / "out", fusion_only=True), progress=False)
+    assert not (tmp_path / "out").exists()

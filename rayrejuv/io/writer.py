@@ -241,3 +241,17 @@ def read_marker(directory: Path, plan: ShardPlan, fingerprint: str) -> dict | No
 def remove_markers(directory: Path) -> None:
     for p in directory.glob("*" + MARKER_SUFFIX):
         p.unlink()
+
+
+def verify_shards(directory: Path, plans: list[ShardPlan]) -> None:
+    """Before the rename: every planned shard exists with exactly its planned header and size
+    (tensor checksums were taken by the writers as they wrote)."""
+    for plan in plans:
+        path = directory / plan.file
+        stored = read_header(path)
+        got = [(n, s.meta) for n, s in sorted(stored.items(), key=lambda kv: kv[1].offset)]
+        if got != list(plan.entries):
+            raise RuntimeError(f"shard {plan.file} does not hold its planned tensors; the run is corrupt")
+        end = max((s.offset + s.meta.nbytes for s in stored.values()), default=0)
+        if path.stat().st_size != end:
+            raise RuntimeError(f"shard {plan.file} is {path.stat().st_size} bytes, expected {end}")

@@ -29,6 +29,7 @@ from rayrejuv.io.writer import (
     copy_side_files,
     plan_shards,
     remove_markers,
+    verify_shards,
     write_index,
     write_manifest,
 )
@@ -61,6 +62,7 @@ def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
                     cfg, base, sft, plans, out.tmp, fingerprint(cfg, plans, base, sft), timer, progress
                 )
                 with timer.phase("finalize"):
+                    verify_shards(out.tmp, plans)
                     remove_markers(out.tmp)
                     write_index(out.tmp, plans)
                     copy_side_files(sft.path, out.tmp, skip={"config.json", REPORT, RESET_MAP, MANIFEST})
