@@ -108,11 +108,11 @@ def patch_shards(
     reset_set: ResetSet,
     alpha: float,
     omega: float,
-    on_shard_done: Callable[[ShardPlan, dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Apply Eq. 5 to shards already written with fusion only (the Ray path writes fused shards
     while attribution runs). Only tensors with reset neurons are read back, patched and
-    rewritten in place; the result is bit-identical to writing fuse + reset in one pass."""
+    rewritten in place; the result is bit-identical to writing fuse + reset in one pass.
+    Returns the sha256 of the rewritten tensors only."""
     checksums: dict[str, str] = {}
     for plan in plans:
         touched = {}
@@ -126,12 +126,7 @@ def patch_shards(
                     theta_sft, theta_base = read_pair(name, base, sft)
                     apply_reset_slices(name, out, theta_sft, theta_base, sft, reset_set, alpha, omega)
                     patcher.write(name, out)
-                shard_sums = patcher.checksums
-        else:
-            shard_sums = {}
-        if on_shard_done is not None:
-            on_shard_done(plan, shard_sums)
-        checksums.update(shard_sums)
+            checksums.update(patcher.checksums)
     return checksums
 
 
