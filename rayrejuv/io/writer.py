@@ -206,6 +206,14 @@ class ShardPatcher:
         self._f.close()
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small file through a temporary sibling and os.replace: readers see the old file
+    or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 MARKER_SUFFIX = ".done.json"
 
 
@@ -218,9 +226,7 @@ def write_marker(directory: Path, plan: ShardPlan, stage: str, fingerprint: str,
         "bytes": (directory / plan.file).stat().st_size,
         "checksums": checksums,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(body))
 
 
 def read_marker(directory: Path, plan: ShardPlan, fingerprint: str) -> dict | None:

@@ -23,6 +23,7 @@ import torch
 
 from rayrejuv.config import TinyWorldConfig
 from rayrejuv.errors import RejuvError
+from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
 from rayrejuv.testbed import task
 from rayrejuv.testbed.tiny import build_model, tiny_config
@@ -130,9 +131,7 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
         keep = fields.get(name, ("prompt", "answer", "response"))
         path = layout.data(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in items))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in items))
     return rows
 
 
@@ -234,6 +233,4 @@ def _log_every(num_steps: int) -> int:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
