@@ -77,6 +77,51 @@ def rejuvenate(
     print_rejuvenation_summary(report, time.perf_counter() - t0)
 
 
+@app.command()
+def rl(
+    model: Optional[Path] = typer.Option(None, help="starting checkpoint (also the KL reference)"),
+    train_data: Optional[Path] = typer.Option(None, help="jsonl of {prompt, answer} for RL"),
+    eval_data: Optional[Path] = typer.Option(None, help="jsonl of {prompt, answer} for pass@1 / pass@k"),
+    out: Optional[Path] = typer.Option(None, help="run directory; re-run with the same --out to resume"),
+    steps: Optional[int] = typer.Option(None, help="GRPO steps [default: 100]"),
+    seed: Optional[int] = typer.Option(None, help="seed [default: 0]"),
+    backend: Optional[str] = typer.Option(None, help="rollout backend: hf | vllm [default: hf]"),
+    rollout_workers: Optional[int] = typer.Option(None, help="rollout actors [default: 1]"),
+    learner_workers: Optional[int] = typer.Option(None, help="Ray Train learner workers [default: 1]"),
+    lr: Optional[float] = typer.Option(None, help="learning rate [default: 1e-6]"),
+    beta: Optional[float] = typer.Option(None, help="KL coefficient [default: 0.01]"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="restart a finished run"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address [default: $RAY_ADDRESS, else local]"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (grpo, rollout, learner, reward sections)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayrejuv]"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the run to MLflow [default: on]"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """GRPO on Ray: rollout actors (hf or vLLM), a Ray Train learner (DDP or DeepSpeed), MLflow."""
+    from rayrejuv.config import load_yaml, merge_overrides, validate_config
+    from rayrejuv.pipelines.rl import run_rl
+    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.summary import print_rl_summary
+
+    flags = {
+        "model": model,
+        "train_data": train_data,
+        "eval_data": eval_data,
+        "out": out,
+        "steps": steps,
+        "seed": seed,
+        "overwrite": overwrite,
+        "grpo": {"lr": lr, "beta": beta},
+        "rollout": {"backend": backend, "workers": rollout_workers},
+        "learner": {"workers": learner_workers},
+        "ray": {"address": ray_address},
+        "tracking": _tracking(tracking_uri, experiment, track),
+    }
+    cfg = validate_config(RLConfig, merge_overrides(load_yaml(config), flags))
+    print_rl_summary(run_rl(cfg, progress=not quiet))
+
+
 testbed_app = typer.Typer(no_args_is_help=True, help="The tiny verifiable math world (built locally).")
 app.add_typer(testbed_app, name="testbed")
 

@@ -161,7 +161,20 @@ class WorldDataConfig(_Config):
     calibration_examples: int = Field(64, ge=1, description="prompt/response pairs for the targeted reset")
     rl_train_examples: int = Field(2000, ge=1, description="RL prompts (in-distribution)")
     eval_examples: int = Field(200, ge=1, description="prompts per eval split (id, ood)")
-    pretrain_texts: int = Field(20000, ge=100, description="generic domain texts for the base")
+    pretrain_texts: int = Field(20000, ge=100, description="texts in the base's pre-training corpus")
+    pretrain_qa_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the pre-training corpus that is Q/A word problems from the base's phrase bank "
+        "(the rest is generic equation text); 0 gives a base that never saw the task format",
+    )
+    pretrain_qa_max_steps: int = Field(3, ge=1, description="most steps of a pre-training Q/A problem")
+    rl_distribution: Literal["id", "wide"] = Field(
+        "wide",
+        description="RL prompts: 'id' = the SFT distribution; 'wide' = ID templates plus their 3-step "
+        "variants with numbers up to ood_max",
+    )
 
 
 class WorldTrainConfig(_Config):

@@ -98,3 +98,28 @@ def plot_ladder(rows: list[dict], xs: list[float], xlabel: str, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_rl_curves(records: list[dict], path: Path, title: str = "GRPO") -> None:
+    """Reward, entropy, gradient norm vs weight-update magnitude (the paper's Figure 4 pair), eval."""
+    plt = _plt()
+    panels = [
+        ("reward", ["reward/mean"]),
+        ("token entropy of samples", ["policy/entropy"]),
+        ("gradient norm | update magnitude", ["policy/grad_norm", "policy/update_norm"]),
+        ("eval", ["eval/pass_at_1", "eval/pass_at_k"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (name, keys) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o" if len(pts) < 12 else None, ms=3, label=key.split("/")[-1])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -64,3 +64,20 @@ def print_diagnose_summary(result: dict) -> None:
         f"symptoms: entropy < {th['entropy']}, SFT loss < {th['sft_loss']}, pass@k - pass@1 < {th['pass_gap']}; "
         "two or more = rigid"
     )
+
+
+def print_rl_summary(summary: dict) -> None:
+    c = Console(width=max(Console().width, 120))
+    t = Table(title=f"GRPO: {summary['steps']} steps -> {summary['final_checkpoint']}")
+    t.add_column("metric")
+    t.add_column("first step", justify="right")
+    t.add_column("last step", justify="right")
+    for key in ("reward/mean", "reward/zero_std_fraction", "policy/entropy", "policy/kl", "policy/grad_norm",
+                "policy/update_norm", "response/length_mean", "time/step"):
+        if key in summary["last"]:
+            t.add_row(key, f"{summary['first'][key]:.4f}", f"{summary['last'][key]:.4f}")
+    for key in ("eval/pass_at_1", "eval/pass_at_k"):
+        if key in summary["eval_last"]:
+            t.add_row(key, f"{summary['eval_first'][key]:.4f}", f"{summary['eval_last'][key]:.4f}")
+    c.print(t)
+    c.print(f"mean step {summary['mean_step_seconds']:.2f}s; wall {summary['seconds']:.1f}s")

@@ -56,7 +56,10 @@ class Run:
 
 
 @contextmanager
-def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False) -> Iterator[Run]:
+def tracked_run(
+    cfg: TrackingConfig, run_name: str, nested: bool = False, run_id: str | None = None
+) -> Iterator[Run]:
+    """An MLflow run for one command; `run_id` continues an existing run (a resumed job)."""
     if not cfg.enabled:
         yield Run(None)
         return
@@ -65,5 +68,13 @@ def tracked_run(cfg: TrackingConfig, run_name: str, nested: bool = False) -> Ite
     if cfg.uri is not None:
         mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested):
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested):
         yield Run(mlflow)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path made absolute, so worker processes with another cwd reach the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).absolute())
+    return uri

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 
 from tqdm.auto import tqdm
 
-from rayrejuv.distributed.layer_shard import FAULT_AFTER_ENV, FAULT_ENV, ShardResult, ShardWorker
+from rayrejuv.distributed.faults import fault_env
+from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
 from rayrejuv.io.writer import ShardPlan
 
 
@@ -41,7 +41,7 @@ class LayerShardGroup:
         self.pg = placement_group(bundles, strategy="SPREAD" if placement == "spread" else "PACK")
         ray.get(self.pg.ready())
         actor = ray.remote(ShardWorker)
-        hooks = {k: os.environ[k] for k in (FAULT_ENV, FAULT_AFTER_ENV) if k in os.environ}
+        hooks = fault_env()
         self.actors = [
             actor.options(
                 runtime_env={"env_vars": hooks} if hooks else None,

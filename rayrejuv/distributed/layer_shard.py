@@ -9,16 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayrejuv.distributed.faults import fault_point
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.pipelines.fuse_reset import patch_shards, write_shards
-
-# Test hooks: a process that has completed RAYREJUV_FAULT_AFTER shards (default 0) and finds no
-# file at RAYREJUV_FAULT_ONCE creates it and dies at once, as a crashed node would.
-FAULT_ENV = "RAYREJUV_FAULT_ONCE"
-FAULT_AFTER_ENV = "RAYREJUV_FAULT_AFTER"
-_completed = 0
 
 
 @dataclass
@@ -60,7 +55,7 @@ class ShardWorker:
         t0 = time.perf_counter()
 
         def mark(p: ShardPlan, sums: dict[str, str]) -> None:
-            _maybe_die()
+            fault_point()
             write_marker(self.directory, p, stage, fp, sums)
 
         sums = write_shards(
@@ -96,13 +91,3 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _maybe_die() -> None:
-    """Fault injection for tests (see FAULT_ENV); runs between a shard's data and its marker."""
-    global _completed
-    marker = os.environ.get(FAULT_ENV)
-    if marker and not os.path.exists(marker) and _completed >= int(os.environ.get(FAULT_AFTER_ENV, "0")):
-        Path(marker).write_text(str(os.getpid()))
-        os._exit(1)
-    _completed += 1

@@ -51,14 +51,20 @@ class GRPOStats:
     ratio_mean: float
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, denominator: float | None = None
+) -> torch.Tensor:
     """token_mean: sum over all valid tokens / their count (long answers weigh more);
-    seq_mean: mean over sequences of each sequence's token mean.  (N, T) -> ()."""
+    seq_mean: mean over sequences of each sequence's token mean.  (N, T) -> ().
+
+    `denominator` replaces the count (tokens, or sequences) by that of the whole global batch, so
+    micro-batches and data-parallel shards add up to exactly the full batch's loss.
+    """
     mask = mask.to(per_token.dtype)
     if how == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+        return (per_token * mask).sum() / (denominator or mask.sum().clamp(min=1.0))
     per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return per_seq.mean()
+    return per_seq.sum() / (denominator or per_seq.shape[0])
 
 
 def grpo_loss(
@@ -73,13 +79,16 @@ def grpo_loss(
     logp_ref: torch.Tensor | None = None,
     kl_kind: KLKind = "k3",
     aggregation: Aggregation = "token_mean",
+    denominator: float | None = None,
 ) -> tuple[torch.Tensor, GRPOStats]:
     """The clipped surrogate with an optional KL penalty, reduced over tokens.
 
         ratio_t = exp(logp_t - logp_old_t)
         l_t = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps_high) * A) + beta * KL_t
 
-    logp, logp_old, logp_ref, mask: (N, T); advantages: (N,) one per sequence.
+    logp, logp_old, logp_ref, mask: (N, T); advantages: (N,) one per sequence. The loss is
+    reduced by `aggregate` (with `denominator` when this is a slice of a larger batch); the stats
+    are means over this slice.
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logp - logp_old)  # (N, T)
@@ -94,7 +103,7 @@ def grpo_loss(
             raise ValueError("beta != 0 needs reference log-probs (logp_ref)")
         kl = kl_penalty(logp, logp_ref, kl_kind)
         per_token = pg + beta * kl
-    loss = aggregate(per_token, mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, denominator)
     with torch.no_grad():
         m = mask.bool()
         is_clipped = (clipped < unclipped) & m  # the clip bound is the active term of the min

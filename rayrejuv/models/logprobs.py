@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class Rollout:
-    """Prompts with n sampled completions each, right-padded, and the sampling log-probs."""
-
-    prompt_ids: torch.Tensor  # (N, P) left-padded prompts, repeated n times
-    prompt_mask: torch.Tensor  # (N, P)
-    completion_ids: torch.Tensor  # (N, T) right-padded with pad_id after EOS
-    completion_mask: torch.Tensor  # (N, T) 1 up to and including EOS
-    logprobs: torch.Tensor  # (N, T) log pi(token | prefix) at the sampling temperature; 0 where masked
+from rayrejuv.models.rollout import Rollout
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -61,23 +50,40 @@ def sample(
     logp = torch.log_softmax(logits, dim=-1).gather(-1, completion[..., None]).squeeze(-1)  # (N, T)
     mask = completion_mask(completion, tokenizer.eos_token_id)
     return Rollout(
-        prompt_ids=enc["input_ids"].repeat_interleave(n, dim=0),
-        prompt_mask=enc["attention_mask"].repeat_interleave(n, dim=0),
-        completion_ids=completion,
-        completion_mask=mask,
-        logprobs=logp * mask,
+        prompt_ids=enc["input_ids"].repeat_interleave(n, dim=0).cpu(),
+        prompt_mask=enc["attention_mask"].repeat_interleave(n, dim=0).cpu(),
+        completion_ids=completion.cpu(),
+        completion_mask=mask.cpu(),
+        logprobs=(logp * mask).cpu(),
+        texts=tokenizer.batch_decode(completion, skip_special_tokens=True),
+        group=torch.arange(len(prompts)).repeat_interleave(n),
     )
 
 
-def completion_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
-    """Teacher-forced log pi(completion token | prefix) under `model`, as the learner and the
-    reference compute them.  -> (N, T), 0 where masked. Differentiable."""
+def completion_logits(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """Teacher-forced logits / temperature that predict each completion token.  -> (N, T, V) fp32."""
     ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # (N, P+T)
     attn = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
     P, T = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
     # Left-padded prompts: positions count from the first real token, as generate does.
     position_ids = (attn.cumsum(1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits  # (N, P+T, V)
-    logits = logits[:, P - 1 : P + T - 1].float() / temperature  # predictions of the T completion tokens
+    return logits[:, P - 1 : P + T - 1].float() / temperature
+
+
+def token_logprobs(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """log softmax(logits)[completion token]  (N, T, V) -> (N, T), 0 where masked."""
     logp = torch.log_softmax(logits, dim=-1).gather(-1, rollout.completion_ids[..., None]).squeeze(-1)
     return logp * rollout.completion_mask
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy per position, in nats.  (N, T, V) -> (N, T)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """Teacher-forced log pi(completion token | prefix) under `model`, as the learner and the
+    reference compute them.  -> (N, T), 0 where masked. Differentiable."""
+    return token_logprobs(completion_logits(model, rollout, temperature), rollout)

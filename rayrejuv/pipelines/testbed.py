@@ -111,6 +111,7 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
     """Deterministic in the seed: regenerated on every run (cheap) and rewritten atomically."""
     d, seed = cfg.data, cfg.seed
     splits = task.default_splits(d.id_max, d.ood_max)
+    # One ID pool, cut into disjoint slices, so no eval prompt is an SFT or calibration example.
     pool = task.generate(
         splits["id"], d.sft_examples + d.calibration_examples + d.rl_train_examples + d.eval_examples, seed
     )
@@ -122,7 +123,9 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
     rows = {
         "sft": pool[:a],
         "calibration": pool[a:b],
-        "rl_train": pool[b:c],
+        "rl_train": pool[b:c]
+        if d.rl_distribution == "id"
+        else task.generate(splits["wide"], d.rl_train_examples, seed),
         "eval_id": pool[c:],
         "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
     }
@@ -157,7 +160,10 @@ def ensure_base(layout: WorldLayout, cfg: TinyWorldConfig, tok, progress: bool, 
     torch.manual_seed(cfg.seed)
     model = _new_model(cfg, tok)
     t = cfg.train
-    texts = task.pretraining_text(cfg.data.pretrain_texts, cfg.data.ood_max, cfg.seed)
+    d = cfg.data
+    texts = task.pretraining_text(
+        d.pretrain_texts, d.ood_max, cfg.seed, d.pretrain_qa_fraction, d.pretrain_qa_max_steps
+    )
     every = _log_every(steps_for(t.pretrain_epochs, len(texts), t.pretrain_batch_size))
 
     def log(step: int, loss: float, _opt) -> None:

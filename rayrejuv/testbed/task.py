@@ -1,8 +1,15 @@
 """A synthetic, verifiable multi-step arithmetic world.
 
-Each problem is a short word problem with a worked solution ending in `#### n`. Splits:
-  - id:  the SFT distribution: 2 steps, numbers 0..id_max, templates 0..2
-  - ood: harder: 3 steps, numbers up to ood_max, and templates the SFT set never shows
+Each problem is a short word problem with a worked solution ending in `#### n`. Four
+distributions, all built by one solver so their worked solutions share one format:
+  - base: what the base model is pre-trained on, beside generic equation text: Q/A word problems
+    of 1..3 steps composed from a phrase bank whose verbs the ID templates never use. The base
+    knows the format, the `####` marker and multi-step chaining, but not the ID phrasing.
+  - id:   the SFT distribution: 2 steps, numbers 0..id_max, templates 0..2 (own verbs)
+  - ood:  3 steps, numbers up to ood_max, templates the SFT set never shows but whose verbs the
+          base knows: reachable from the base, so SFT can forget it and fusion can bring it back
+  - wide: the RL prompts: the ID templates and their 3-step variants with numbers up to
+          ood_max, a superset of the SFT distribution where an over-fitted model has room to fail
 The generator is a pure function of (split, seed, index): reproducible anywhere.
 """
 
@@ -25,6 +32,22 @@ OOD_TEMPLATES = (
     ("{n} starts with {v0} {x}; buys {v1}; sells {v2}; buys {v3}. total?", "+-+"),
     ("there are {v0} {x}. {v1} leave, {v2} arrive, {v3} leave. count?", "-+-"),
 )
+# The RL distribution adds 3-step variants of the ID templates (same phrases, one more step).
+WIDE_TEMPLATES = ID_TEMPLATES + (
+    ("{n} has {v0} {x}. gets {v1} more. gives away {v2}. gets {v3} more. how many {x}?", "+-+"),
+    ("{n} had {v0} {x}, found {v1}, then lost {v2}, then found {v3}. {x} now?", "+-+"),
+    ("a box holds {v0} {x}. {v1} are taken out. {v2} are put in. {v3} are taken out. how many?", "-+-"),
+)
+
+# The base's phrase bank. Its verbs are disjoint from the ID templates' (more, gives, found,
+# lost, taken, put), so the ID phrasing is the one thing SFT has to teach; it shares the OOD
+# templates' verbs (buys, sells, arrive, leave) in other sentence frames.
+BASE_STARTS = ("{n} owns {v} {x}.", "a bag has {v} {x}.", "{n} starts with {v} {x}.", "there are {v} {x}.")
+BASE_STEPS = {
+    "+": ("{n} buys {v}.", "{n} wins {v}.", "{v} arrive.", "adds {v}."),
+    "-": ("{n} sells {v}.", "{n} drops {v}.", "{v} leave.", "uses {v}."),
+}
+BASE_QUESTIONS = ("how many now?", "what is left?", "count?", "total?")
 
 
 @dataclass(frozen=True)
@@ -32,36 +55,55 @@ class Split:
     name: str
     templates: tuple[tuple[str, str], ...]
     max_number: int
-    steps: int  # number of operations
 
 
 def default_splits(id_max: int = 20, ood_max: int = 40) -> dict[str, Split]:
     return {
-        "id": Split("id", ID_TEMPLATES, id_max, 2),
-        "ood": Split("ood", OOD_TEMPLATES, ood_max, 3),
+        "id": Split("id", ID_TEMPLATES, id_max),
+        "ood": Split("ood", OOD_TEMPLATES, ood_max),
+        "wide": Split("wide", WIDE_TEMPLATES, ood_max),
     }
 
 
-def make_problem(split: Split, rng: random.Random) -> dict[str, str]:
-    """One problem; values are drawn so every intermediate result stays in 0..2*max."""
-    template, ops = rng.choice(split.templates)
-    assert len(ops) == split.steps
-    values = [rng.randint(0, split.max_number)]
+def _solve(ops: str, max_number: int, rng: random.Random) -> tuple[list[int], str, int]:
+    """Values for the operations, drawn so every result stays non-negative, the worked
+    solution `a+b=c. c-d=e. #### e`, and the answer."""
+    values = [rng.randint(0, max_number)]
     total = values[0]
     lines = []
     for op in ops:
         if op == "+":
-            v = rng.randint(0, split.max_number)
+            v = rng.randint(0, max_number)
             new = total + v
         else:
-            v = rng.randint(0, min(total, split.max_number))  # never negative
+            v = rng.randint(0, min(total, max_number))  # never negative
             new = total - v
         lines.append(f"{total}{op}{v}={new}.")
         values.append(v)
         total = new
-    prompt = template.format(n=rng.choice(NAMES), x=rng.choice(ITEMS), **{f"v{i}": x for i, x in enumerate(values)})
-    response = " ".join(lines) + f" #### {total}"
+    return values, " ".join(lines) + f" #### {total}", total
+
+
+def _row(prompt: str, response: str, total: int) -> dict[str, str]:
     return {"prompt": f"Q: {prompt} A:", "response": " " + response, "answer": str(total)}
+
+
+def make_problem(split: Split, rng: random.Random) -> dict[str, str]:
+    template, ops = rng.choice(split.templates)
+    values, response, total = _solve(ops, split.max_number, rng)
+    prompt = template.format(n=rng.choice(NAMES), x=rng.choice(ITEMS), **{f"v{i}": x for i, x in enumerate(values)})
+    return _row(prompt, response, total)
+
+
+def base_problem(rng: random.Random, max_number: int, max_steps: int) -> dict[str, str]:
+    """A Q/A problem of 1..max_steps steps composed from the base's phrase bank."""
+    ops = "".join(rng.choice("+-") for _ in range(rng.randint(1, max_steps)))
+    values, response, total = _solve(ops, max_number, rng)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    parts = [rng.choice(BASE_STARTS).format(n=name, x=item, v=values[0])]
+    parts += [rng.choice(BASE_STEPS[op]).format(n=name, v=v) for op, v in zip(ops, values[1:])]
+    parts.append(rng.choice(BASE_QUESTIONS))
+    return _row(" ".join(parts), response, total)
 
 
 def generate(split: Split, n: int, seed: int) -> list[dict[str, str]]:
@@ -69,25 +111,34 @@ def generate(split: Split, n: int, seed: int) -> list[dict[str, str]]:
     return [make_problem(split, rng) for _ in range(n)]
 
 
-def pretraining_text(n: int, max_number: int, seed: int) -> list[dict[str, str]]:
-    """Generic domain text: equation chains and plain sentences about quantities, never the
-    Q:/A: format or the '####' answer marker, so the base knows arithmetic but not the task."""
+def _equation_chain(rng: random.Random, max_number: int) -> str:
+    total = rng.randint(0, 2 * max_number)
+    parts = []
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.5:
+            v = rng.randint(0, max_number)
+            parts.append(f"{total}+{v}={total + v}.")
+            total += v
+        else:
+            v = rng.randint(0, total)
+            parts.append(f"{total}-{v}={total - v}.")
+            total -= v
+    return " ".join(parts)
+
+
+def pretraining_text(n: int, max_number: int, seed: int, qa_fraction: float, qa_max_steps: int) -> list[dict[str, str]]:
+    """The base's corpus, as whole texts (empty prompt): a `qa_fraction` of Q/A problems from the
+    phrase bank (format, marker and chaining, never the ID phrasing), the rest generic text:
+    equation chains and plain sentences about quantities."""
     rng = random.Random(f"pretrain:{seed}")
     rows = []
     for _ in range(n):
-        if rng.random() < 0.6:
-            total = rng.randint(0, 2 * max_number)
-            parts = []
-            for _ in range(rng.randint(1, 3)):
-                if rng.random() < 0.5:
-                    v = rng.randint(0, max_number)
-                    parts.append(f"{total}+{v}={total + v}.")
-                    total += v
-                else:
-                    v = rng.randint(0, total)
-                    parts.append(f"{total}-{v}={total - v}.")
-                    total -= v
-            text = " ".join(parts)
+        r = rng.random()
+        if r < qa_fraction:
+            p = base_problem(rng, max_number, qa_max_steps)
+            text = p["prompt"] + p["response"]
+        elif r < qa_fraction + 0.6 * (1 - qa_fraction):
+            text = _equation_chain(rng, max_number)
         else:
             text = f"{rng.choice(NAMES)} has {rng.randint(0, 2 * max_number)} {rng.choice(ITEMS)}."
         rows.append({"prompt": "", "response": text})

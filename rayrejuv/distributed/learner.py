@@ -1,0 +1,266 @@
+"""The GRPO learner, one per Ray Train worker: the policy behind a DDP or DeepSpeed engine.
+
+Every worker receives the same global batch and trains on its own contiguous rows. Losses are
+normalised by counts of the *global* minibatch (tokens or sequences) times the world size, so
+after the engines average gradients over ranks, 1 worker and W workers take the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rayrejuv.method.grpo import grpo_loss
+from rayrejuv.models.logprobs import completion_logits, token_entropy, token_logprobs
+from rayrejuv.models.rollout import Rollout
+from rayrejuv.rl_config import GRPOConfig, LearnerConfig
+
+
+@dataclass
+class Meter:
+    """Weighted means that can be summed over micro-batches and ranks."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value * weight
+        self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def reduce(self) -> dict[str, float]:
+        """Means over every rank (an all-reduce when torch.distributed is up)."""
+        names = sorted(self.sums)
+        t = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
+        if _world() > 1:
+            torch.distributed.all_reduce(t)
+        return {n: float(s / w) if w else 0.0 for n, (s, w) in zip(names, t.tolist())}
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _global_sum(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    if _world() > 1:
+        torch.distributed.all_reduce(t)
+    return float(t)
+
+
+class DDPEngine:
+    """torch DDP (gloo on CPU, nccl on GPU) with AdamW; one process per worker."""
+
+    name = "ddp"
+
+    def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
+        self.module = model
+        self.model = (
+            torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+            if _world() > 1
+            else model
+        )
+        self.opt = torch.optim.AdamW(model.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
+        self.max_grad_norm = grpo.max_grad_norm
+
+    def no_sync(self, last: bool):
+        """Skip the gradient all-reduce on every micro-batch but the last of a step."""
+        if last or _world() == 1:
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.module.named_parameters()}
+
+    def save(self, directory: Path) -> None:
+        if _rank() == 0:
+            torch.save(self.opt.state_dict(), directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO (stage from config) around a torch AdamW; gradient averaging by DeepSpeed."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
+        import deepspeed
+
+        self._ds = deepspeed
+        self.stage = learner.zero_stage
+        config = {
+            "train_micro_batch_size_per_gpu": grpo.micro_batch_size,
+            "gradient_accumulation_steps": 1,  # we accumulate ourselves, with our own loss normalisation
+            "gradient_clipping": grpo.max_grad_norm,
+            "zero_optimization": {"stage": learner.zero_stage},
+            "bf16": {"enabled": learner.dtype == "bfloat16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+        opt = torch.optim.AdamW(model.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
+        self.engine, self.opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+        self.module = self.engine.module
+        self.model = self.engine
+
+    def no_sync(self, last: bool):
+        # ZeRO reduces gradients in its backward hooks; stage >= 2 cannot skip them
+        if last or _world() == 1 or self.stage >= 2:
+            return contextlib.nullcontext()
+        return self.engine.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        self.engine.step()
+        return float(self.engine.get_global_grad_norm() or 0.0)
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """Gathered on every rank (ZeRO-3 partitions parameters; this is a collective)."""
+        params = list(self.module.named_parameters())
+        ctx = self._ds.zero.GatheredParameters([p for _, p in params]) if self.stage == 3 else contextlib.nullcontext()
+        with ctx:
+            return {k: p.detach().to("cpu", copy=True) for k, p in params}
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        self.engine.load_checkpoint(str(directory), tag="deepspeed", load_module_strict=True)
+
+
+ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+
+
+def engine_name(learner: LearnerConfig) -> str:
+    if learner.engine != "auto":
+        return learner.engine
+    return "deepspeed" if learner.use_gpu else "ddp"
+
+
+class Learner:
+    def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
+        self.cfg = grpo
+        self.device = device
+        model.to(device).train()
+        self.engine = ENGINES[engine_name(learner)](model, grpo, learner, device)
+        self._last_weights = self.engine.full_weights()
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def shard(self, batch: Rollout) -> Rollout:
+        """This rank's contiguous rows of the global batch."""
+        per = len(batch) // _world()
+        return batch.select(slice(_rank() * per, (_rank() + 1) * per))
+
+    def _micro(self, batch: Rollout) -> list[Rollout]:
+        m = self.cfg.micro_batch_size
+        return [batch.select(slice(i, i + m)).to(self.device) for i in range(0, len(batch), m)]
+
+    @torch.no_grad()
+    def score(self, batch: Rollout) -> tuple[torch.Tensor, Meter]:
+        """Log-probs of the current policy (the GRPO `old` policy) and the sampled tokens' entropy."""
+        meter, parts = Meter(), []
+        self.module.eval()
+        for mb in self._micro(batch):
+            logits = completion_logits(self.engine.model, mb, self.cfg.temperature)  # (n, T, V)
+            logp = token_logprobs(logits, mb)
+            m = mb.completion_mask.bool()
+            tokens = float(m.sum())
+            if tokens:
+                meter.add("policy/entropy", float(token_entropy(logits)[m].mean()), tokens)
+                # the rollout engine's log-probs of the same tokens: equal up to numerics after a sync
+                meter.add("rollout/logprob_abs_diff", float((logp - mb.logprobs.to(logp))[m].abs().mean()), tokens)
+            parts.append(logp.cpu())
+        self.module.train()
+        T = batch.completion_ids.shape[1]
+        return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts]), meter
+
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """GRPO on the global `batch` (advantages set; ref_logprobs when beta > 0): this rank trains
+        on its shard, `updates_per_batch` epochs x `minibatches` optimizer steps."""
+        local = self.shard(batch)
+        old_logprobs, meter = self.score(local)
+        g, world = self.cfg, _world()
+        per_mb = len(local) // g.minibatches
+        for _ in range(g.updates_per_batch):
+            for k in range(g.minibatches):
+                rows = slice(k * per_mb, (k + 1) * per_mb if k < g.minibatches - 1 else len(local))
+                mb = local.select(rows)
+                mb_old = old_logprobs[rows]
+                count = float(mb.completion_mask.sum()) if g.aggregation == "token_mean" else float(len(mb))
+                denominator = _global_sum(count) / world  # the rank mean is divided back out by the engine
+                micros = self._micro(mb)
+                start = 0
+                for i, micro in enumerate(micros):
+                    n = len(micro)
+                    with self.engine.no_sync(last=i == len(micros) - 1):
+                        logp = token_logprobs(completion_logits(self.engine.model, micro, g.temperature), micro)
+                        loss, stats = grpo_loss(
+                            logp,
+                            mb_old[start : start + n].to(self.device),
+                            micro.advantages.to(logp),
+                            micro.completion_mask,
+                            epsilon=g.epsilon,
+                            epsilon_high=g.epsilon_high,
+                            beta=g.beta,
+                            logp_ref=None if micro.ref_logprobs is None else micro.ref_logprobs.to(logp),
+                            kl_kind=g.kl_estimator,
+                            aggregation=g.aggregation,
+                            denominator=denominator,
+                        )
+                        self.engine.backward(loss)
+                    start += n
+                    tokens = float(micro.completion_mask.sum())
+                    for name, value in (("policy/kl", stats.kl), ("policy/clip_fraction", stats.clip_fraction),
+                                        ("policy/ratio_mean", stats.ratio_mean), ("policy/pg_loss", stats.pg_loss)):
+                        meter.add(name, value, tokens)
+                meter.add("policy/grad_norm", self.engine.step())
+        metrics = meter.reduce()
+        weights = self.engine.full_weights()
+        metrics["policy/update_norm"] = math.sqrt(
+            sum(float((weights[k].float() - self._last_weights[k].float()).pow(2).sum()) for k in weights)
+        )
+        self._last_weights = weights
+        return metrics
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The full, current parameters on CPU (for the rollout workers)."""
+        return self._last_weights
+
+    def save(self, directory: Path, tokenizer) -> None:
+        """model/ (an HF checkpoint, rank 0) and the engine's optimizer state (per rank)."""
+        if _rank() == 0:
+            self.module.save_pretrained(directory / "model", state_dict=self._last_weights)
+            tokenizer.save_pretrained(directory / "model")
+        self.engine.save(directory)
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted((directory / "model").glob("*.safetensors")):
+            state.update(load_file(f))
+        self.module.load_state_dict(state, strict=False)
+        self.engine.load(directory)
+        self._last_weights = self.engine.full_weights()

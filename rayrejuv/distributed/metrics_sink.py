@@ -1,0 +1,45 @@
+"""One actor on the driver's node owns the run's metric stream: metrics.jsonl in the run
+directory and the MLflow run, whichever node the learner's rank 0 happens to run on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rayrejuv.tracking import flatten, sanitize
+
+
+class MetricsSink:
+    def __init__(self, path: str, tracking_uri: str | None, run_id: str | None):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.client = None
+        if run_id is not None:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def truncate(self, first_step: int) -> int:
+        """Drop records of steps >= first_step (a resumed run redoes them); returns records kept."""
+        if not self.path.exists():
+            return 0
+        kept = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] < first_step]
+        self.path.write_text("".join(r + "\n" for r in kept))
+        return len(kept)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.client is not None:
+            import time
+
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            batch = [Metric(sanitize(k), float(v), ts, step) for k, v in flatten(metrics).items()]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(r) for r in self.path.read_text().splitlines() if r]

@@ -1,0 +1,31 @@
+"""The frozen reference policy (the starting checkpoint) in its own actor: log-probs for the KL term."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rayrejuv.models.rollout import Rollout
+
+
+class ReferenceWorker:
+    def __init__(self, model_dir: str, device: str, dtype: str, threads: int, micro_batch_size: int):
+        from rayrejuv.io.checkpoint import Checkpoint
+        from rayrejuv.models.loading import DTYPES, load_model, resolve_device
+
+        torch.set_num_threads(max(1, threads))
+        self.device = resolve_device(device)
+        self.model = load_model(Checkpoint(Path(model_dir), "reference"), DTYPES[dtype], self.device)
+        self.micro = micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, batch: Rollout, temperature: float) -> torch.Tensor:
+        """(N, T) teacher-forced log-probs of the completions under the frozen model."""
+        from rayrejuv.models.logprobs import completion_logprobs
+
+        parts = [
+            completion_logprobs(self.model, batch.select(slice(i, i + self.micro)).to(self.device), temperature).cpu()
+            for i in range(0, len(batch), self.micro)
+        ]
+        return torch.cat(parts)

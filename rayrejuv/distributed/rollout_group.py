@@ -1,0 +1,119 @@
+"""Rollout actors behind one object: the driver asks for rollouts of prompts and pushes weights;
+it never sees actors. A crashed actor is restarted by Ray, given the current weights again, and
+its share of the prompts is redone."""
+
+from __future__ import annotations
+
+import time
+
+from rayrejuv.distributed.faults import fault_env
+from rayrejuv.models.rollout import Rollout, Sampling
+from rayrejuv.rl_config import RolloutConfig
+
+
+def split(items: list, parts: int) -> list[range]:
+    """Contiguous, near-equal ranges (the first ones one longer); empty ranges dropped."""
+    q, r = divmod(len(items), parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + q + (i < r)
+        if end > start:
+            bounds.append(range(start, end))
+        start = end
+    return bounds
+
+
+class RolloutGroup:
+    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int):
+        import ray
+
+        from rayrejuv.distributed.rollout import backends
+
+        self.cfg = cfg
+        self.seed = seed
+        worker = ray.remote(backends()[cfg.backend])
+        gpus = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" and cfg.gpus_per_worker else cfg.gpus_per_worker
+        hooks = fault_env()
+        self.actors = [
+            worker.options(
+                num_cpus=cfg.cpus_per_worker,
+                num_gpus=gpus,
+                max_restarts=cfg.max_restarts,
+                runtime_env={"env_vars": hooks} if hooks else None,
+            ).remote(str(model_dir), cfg.model_dump(mode="json"), max(1, int(cfg.cpus_per_worker)))
+            for _ in range(cfg.workers)
+        ]
+        ray.get([a.policy_version.remote() for a in self.actors])  # fail here, not mid-step
+        self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
+        self.restarts = 0
+
+    def _map(self, method: str, prompts: list[str], s: Sampling) -> list:
+        """Split prompts over the actors; per-actor seeds make the split reproducible."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        shares = split(prompts, len(self.actors))
+        calls = {i: (self.actors[i], [prompts[j] for j in r], s.with_seed(s.seed + 100_003 * i))
+                 for i, r in enumerate(shares)}
+        refs = {i: getattr(a, method).remote(p, si) for i, (a, p, si) in calls.items()}
+        out = {}
+        for i, ref in refs.items():
+            for attempt in range(self.cfg.max_restarts + 1):
+                try:
+                    out[i] = ray.get(ref)
+                    break
+                except RayActorError:
+                    if attempt == self.cfg.max_restarts:
+                        raise
+                    self.restarts += 1
+                    a, p, si = calls[i]
+                    self._resend(a)  # waits for the restarted actor, which starts from the initial model
+                    ref = getattr(a, method).remote(p, si)
+        return [out[i] for i in range(len(shares))]
+
+    def _resend(self, actor) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        for _ in range(60):
+            try:
+                if self._weights is None:
+                    ray.get(actor.policy_version.remote())
+                else:
+                    ray.get(actor.load_weights.remote(*self._weights))
+                return
+            except RayActorError:  # still restarting
+                time.sleep(1.0)
+        raise RuntimeError("a rollout actor did not come back after a crash")
+
+    def generate(self, prompts: list[str], s: Sampling, pad_id: int) -> Rollout:
+        """All sequences of all actors, in prompt order; `group` indexes `prompts`."""
+        return Rollout.cat(self._map("generate", prompts, s), pad_id)
+
+    def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
+        return [texts for part in self._map("complete", prompts, s) for texts in part]
+
+    def sync(self, state_dict: dict, version: int) -> None:
+        """Every actor loads the learner's weights; kept for restarts."""
+        import ray
+
+        ref = ray.put(state_dict)
+        self._weights = (ref, version)
+        ray.get([a.load_weights.remote(ref, version) for a in self.actors])
+
+    def sleep(self) -> None:
+        """Free accelerator memory while the learner trains (vLLM sleep mode; a no-op for hf)."""
+        import ray
+
+        ray.get([a.sleep.remote() for a in self.actors])
+
+    def versions(self) -> list[int]:
+        import ray
+
+        return ray.get([a.policy_version.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)

