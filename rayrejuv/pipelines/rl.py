@@ -66,10 +66,8 @@ def claim(layout: RunLayout, cfg: RLConfig) -> dict:
 
 
 def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
-    ckpt = Checkpoint(cfg.model, "policy")
-    ckpt.check_complete()
-    if ckpt.is_pickle:
-        raise RejuvError(f"{cfg.model}: rl loads safetensors checkpoints only; convert the pickle checkpoint first")
+    with Checkpoint(cfg.model, role="policy") as ckpt:  # refuses pickle weights, checks every tensor is there
+        ckpt.check_complete()
     rows = read_jsonl(cfg.train_data, ("prompt", "answer"), "RL training data")
     if len(rows) < cfg.grpo.prompts_per_step:
         raise RejuvError(
@@ -102,6 +100,8 @@ def run_rl(cfg: RLConfig, progress: bool = True) -> dict:
     from rayrejuv.pipelines.grpo import grpo_worker
     from rayrejuv.tracking import absolute_uri, tracked_run
 
+    # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
+    cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     rows, eval_rows = _check_inputs(cfg)
     layout = RunLayout(Path(cfg.out).absolute())
     state = claim(layout, cfg)
