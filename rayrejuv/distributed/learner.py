@@ -31,6 +31,11 @@ class Meter:
         self.sums[name] = self.sums.get(name, 0.0) + value * weight
         self.weights[name] = self.weights.get(name, 0.0) + weight
 
+    def merge(self, other: Meter) -> None:
+        for name in other.sums:
+            self.add(name, other.sums[name] / other.weights[name] if other.weights[name] else 0.0,
+                     other.weights[name])
+
     def reduce(self) -> dict[str, float]:
         """Means over every rank (an all-reduce when torch.distributed is up)."""
         names = sorted(self.sums)
@@ -197,19 +202,22 @@ class Learner:
         return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts]), meter
 
     def update(self, batch: Rollout) -> dict[str, float]:
-        """GRPO on the global `batch` (advantages set; ref_logprobs when beta > 0): this rank trains
-        on its shard, `updates_per_batch` epochs x `minibatches` optimizer steps."""
-        local = self.shard(batch)
-        old_logprobs, meter = self.score(local)
-        g, world = self.cfg, _world()
-        per_mb = len(local) // g.minibatches
+        """GRPO on the global `batch` (advantages set; ref_logprobs when beta > 0):
+        `updates_per_batch` epochs x `minibatches` optimizer steps. Minibatch k is the same rows
+        of the global batch for any world size; each rank trains on its slice of it."""
+        g = self.cfg
+        size = len(batch) // g.minibatches
+        minibatches = [self.shard(batch.select(slice(k * size, (k + 1) * size))) for k in range(g.minibatches)]
+        meter = Meter()
+        old = []
+        for mb in minibatches:  # log-probs of the policy that sampled (after the last sync)
+            logp, m = self.score(mb)
+            old.append(logp)
+            meter.merge(m)
         for _ in range(g.updates_per_batch):
-            for k in range(g.minibatches):
-                rows = slice(k * per_mb, (k + 1) * per_mb if k < g.minibatches - 1 else len(local))
-                mb = local.select(rows)
-                mb_old = old_logprobs[rows]
+            for mb, mb_old in zip(minibatches, old):
                 count = float(mb.completion_mask.sum()) if g.aggregation == "token_mean" else float(len(mb))
-                denominator = _global_sum(count) / world  # the rank mean is divided back out by the engine
+                denominator = _global_sum(count) / _world()  # the engine's mean over ranks divides back out
                 micros = self._micro(mb)
                 start = 0
                 for i, micro in enumerate(micros):

@@ -19,11 +19,11 @@ class MetricsSink:
 
             self.client = MlflowClient(tracking_uri)
 
-    def truncate(self, first_step: int) -> int:
-        """Drop records of steps >= first_step (a resumed run redoes them); returns records kept."""
+    def truncate(self, last_step: int) -> int:
+        """Keep records up to `last_step` (the resumed checkpoint's; later steps are redone)."""
         if not self.path.exists():
             return 0
-        kept = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] < first_step]
+        kept = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] <= last_step]
         self.path.write_text("".join(r + "\n" for r in kept))
         return len(kept)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.distributed.faults import fault_point
 from rayrejuv.models.rollout import Rollout, Sampling
 from rayrejuv.rl_config import RolloutConfig
 
@@ -24,7 +25,7 @@ class HFRolloutWorker:
 
         torch.set_num_threads(max(1, threads))
         self.cfg = RolloutConfig.model_validate(cfg)
-        ckpt = Checkpoint(Path(model_dir), "policy")
+        ckpt = Checkpoint(Path(model_dir), role="policy")
         self.model = load_model(ckpt, DTYPES[self.cfg.dtype], resolve_device(self.cfg.device))
         self.tokenizer = load_tokenizer(ckpt)
         self.version = 0
@@ -33,6 +34,7 @@ class HFRolloutWorker:
         from rayrejuv.models.loading import pad_id
         from rayrejuv.models.logprobs import sample
 
+        fault_point()
         b = self.cfg.batch_size
         parts = [
             sample(
