@@ -1,0 +1,149 @@
+"""The RL stage's parts without Ray: batch type, prompt order, loss splitting, learner accumulation,
+config and run-directory validation."""
+
+import json
+
+import pytest
+import torch
+
+from rayrejuv.errors import RejuvError
+
+
+def _rollout(n, P, T, seed, group=None):
+    from rayrejuv.models.rollout import Rollout
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, T, dtype=torch.long)
+    mask[0, T - 1 :] = 0
+    return Rollout(
+        prompt_ids=torch.randint(3, 9, (n, P), generator=g),
+        prompt_mask=torch.ones(n, P, dtype=torch.long),
+        completion_ids=torch.randint(3, 9, (n, T), generator=g),
+        completion_mask=mask,
+        logprobs=-torch.rand(n, T, generator=g) * mask,
+        texts=[f"t{seed}-{i}" for i in range(n)],
+        group=group if group is not None else torch.arange(n),
+        rewards=torch.arange(n, dtype=torch.float),
+    )
+
+
+def test_rollout_cat_repads_and_offsets_groups():
+    from rayrejuv.models.rollout import Rollout
+
+    a = _rollout(2, 3, 4, 0, group=torch.tensor([0, 0]))
+    b = _rollout(3, 5, 2, 1, group=torch.tensor([0, 1, 1]))
+    c = Rollout.cat([a, b], pad_id=0)
+    assert c.prompt_ids.shape == (5, 5) and c.completion_ids.shape == (5, 4)
+    assert c.group.tolist() == [0, 0, 1, 2, 2]
+    assert torch.equal(c.prompt_ids[:2, 2:], a.prompt_ids) and bool((c.prompt_mask[:2, :2] == 0).all())
+    assert torch.equal(c.completion_ids[2:, :2], b.completion_ids) and bool((c.completion_mask[2:, 2:] == 0).all())
+    assert c.texts == a.texts + b.texts and c.rewards.tolist() == [0, 1, 0, 1, 2]
+    s = c.select(slice(1, 3))
+    assert s.texts == c.texts[1:3] and torch.equal(s.logprobs, c.logprobs[1:3])
+
+
+def test_step_prompts_cover_each_epoch_once_and_are_stateless():
+    from rayrejuv.data.prompts import step_prompts
+
+    epoch = [i for s in range(5) for i in step_prompts(20, s, 4, seed=7)]
+    assert sorted(epoch) == list(range(20))  # one epoch = a permutation
+    assert step_prompts(20, 3, 4, seed=7) == epoch[12:16]
+    assert step_prompts(20, 5, 4, seed=7) != step_prompts(20, 0, 4, seed=7)  # next epoch reshuffles
+    assert step_prompts(20, 3, 4, seed=8) != step_prompts(20, 3, 4, seed=7)
+
+
+@pytest.mark.parametrize("how", ["token_mean", "seq_mean"])
+def test_loss_slices_with_the_global_denominator_add_up_to_the_full_loss(how):
+    from rayrejuv.method.grpo import grpo_loss
+
+    g = torch.Generator().manual_seed(0)
+    N, T = 6, 5
+    logp, old, ref = (-torch.rand(N, T, generator=g) for _ in range(3))
+    adv = torch.randn(N, generator=g)
+    mask = (torch.rand(N, T, generator=g) > 0.3).long()
+    kw = {"beta": 0.1, "logp_ref": ref, "aggregation": how}
+    full, _ = grpo_loss(logp, old, adv, mask, **kw)
+    den = float(mask.sum()) if how == "token_mean" else float(N)
+    parts = [
+        grpo_loss(logp[s], old[s], adv[s], mask[s], **{**kw, "logp_ref": ref[s]}, denominator=den)[0]
+        for s in (slice(0, 2), slice(2, 3), slice(3, 6))
+    ]
+    torch.testing.assert_close(sum(parts), full, rtol=1e-6, atol=1e-7)
+
+
+def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
+    from transformers import AutoModelForCausalLM
+
+    from rayrejuv.distributed.learner import Learner
+    from rayrejuv.rl_config import GRPOConfig, LearnerConfig
+
+    _, sft = make_pair("qwen3")
+    batch = _rollout(8, 4, 6, 3)
+    batch.advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    weights = {}
+    for micro in (8, 3):
+        model = AutoModelForCausalLM.from_pretrained(sft)
+        learner = Learner(model, GRPOConfig(lr=1e-3, micro_batch_size=micro, beta=0.0), LearnerConfig(),
+                          torch.device("cpu"))
+        stats = learner.update(batch)
+        weights[micro] = learner.weights()
+        assert stats["policy/update_norm"] > 0 and stats["policy/grad_norm"] > 0
+    for k in weights[8]:
+        torch.testing.assert_close(weights[3][k], weights[8][k], rtol=0, atol=1e-6)
+
+
+def test_rl_config_errors_name_the_fix(tmp_path):
+    from rayrejuv.config import validate_config
+    from rayrejuv.rl_config import RLConfig
+
+    base = {"model": tmp_path, "train_data": tmp_path / "t.jsonl", "out": tmp_path / "o"}
+    with pytest.raises(RejuvError, match="split evenly"):
+        validate_config(RLConfig, {**base, "grpo": {"prompts_per_step": 3, "group_size": 3}, "learner": {"workers": 2}})
+    with pytest.raises(RejuvError, match="grpo.epsilon"):
+        validate_config(RLConfig, {**base, "grpo": {"epsilon": 1.5}})
+    with pytest.raises(RejuvError, match="reward.correct must be larger"):
+        validate_config(RLConfig, {**base, "reward": {"correct": 0.0, "wrong": 0.0}})
+    with pytest.raises(RejuvError, match="rollout.backend"):
+        validate_config(RLConfig, {**base, "rollout": {"backend": "sglang"}})
+
+
+def test_run_directory_claims(tmp_path):
+    from rayrejuv.pipelines.rl import RunLayout, claim
+    from rayrejuv.rl_config import RLConfig
+
+    cfg = RLConfig(model=tmp_path, train_data=tmp_path / "t.jsonl", out=tmp_path / "run", steps=10)
+    layout = RunLayout(cfg.out)
+    assert claim(layout, cfg)["run_id"] is None  # new
+    layout.root.mkdir()
+    (layout.root / "stray.txt").write_text("x")
+    with pytest.raises(RejuvError, match="not a rayrejuv rl run"):
+        claim(layout, cfg)
+    layout.state.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "run_id": "abc", "finished_steps": 4}))
+    assert claim(layout, cfg)["run_id"] == "abc"  # interrupted: resume
+    assert claim(layout, cfg.model_copy(update={"steps": 30}))["finished_steps"] == 4
+    with pytest.raises(RejuvError, match="different settings \\(seed\\)"):
+        claim(layout, cfg.model_copy(update={"seed": 3}))
+    layout.state.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "run_id": "abc", "finished_steps": 10}))
+    with pytest.raises(RejuvError, match="already finished 10 steps"):
+        claim(layout, cfg)
+    assert claim(layout, cfg.model_copy(update={"overwrite": True}))["run_id"] is None
+    assert not layout.root.exists()
+
+
+def test_rewards_malformed_is_wrong():
+    from rayrejuv.pipelines.grpo import rewards_of
+
+    r = rewards_of(["#### 4", "#### 5", "no answer", "\\boxed{4", "#### four"], ["4"] * 5, 1.0, -1.0)
+    assert r.tolist() == [1.0, -1.0, -1.0, -1.0, -1.0]
+
+
+def test_cli_rl_refuses_a_missing_model(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "rayrejuv.cli", "rl", "--model", str(tmp_path / "nope"), "--train-data",
+         str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o"), "--no-track"],
+        capture_output=True, text=True,
+    )
+    assert p.returncode == 2 and "is not a directory" in p.stderr and "Traceback" not in p.stderr
