@@ -83,8 +83,10 @@ def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
     weights = {}
     for micro in (8, 3):
         model = AutoModelForCausalLM.from_pretrained(sft)
-        learner = Learner(model, GRPOConfig(lr=1e-3, micro_batch_size=micro, beta=0.0), LearnerConfig(),
-                          torch.device("cpu"))
+        learner = Learner(model, GRPOConfig(micro_batch_size=micro, beta=0.0), LearnerConfig(), torch.device("cpu"))
+        # plain SGD: the step is the accumulated gradient itself (Adam's normalisation would blow up
+        # float noise on near-zero gradients)
+        learner.engine.opt = torch.optim.SGD(model.parameters(), lr=1.0)
         stats = learner.update(batch)
         weights[micro] = learner.weights()
         assert stats["policy/update_norm"] > 0 and stats["policy/grad_norm"] > 0
