@@ -83,6 +83,20 @@ def to_rollout(outputs, pad_id: int, eos_id: int | None, n: int) -> Rollout:
     )
 
 
+def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors with no two sharing memory (tied embeddings alias lm_head.weight to
+    embed_tokens.weight, which safetensors refuses to save); the model's load_weights skips the alias."""
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
+    return out
+
+
 class VLLMRolloutWorker:
     def __init__(self, model_dir: str, cfg: dict, threads: int):
         self.cfg = RolloutConfig.model_validate(cfg)
@@ -96,28 +110,34 @@ class VLLMRolloutWorker:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # weights go through memory, not disk
         self._shm = Path(tempfile.mkdtemp(prefix="rayrejuv-weights-", dir=shm))
 
-    def _params(self, s: Sampling, logprobs: bool):
-        # logprobs=0: only the sampled token's log-prob
-        return self._vllm.SamplingParams(
-            n=s.n, temperature=s.temperature, top_p=1.0, max_tokens=s.max_new_tokens, seed=s.seed,
-            logprobs=0 if logprobs else None,
-        )
+    def _params(self, prompts: list[str], s: Sampling, logprobs: bool) -> list:
+        """One SamplingParams per prompt. vLLM seeds the n samples of a request seed, seed+1, ...,
+        seed+n-1: with one seed for all prompts, every prompt would draw the same random numbers
+        (near-identical completions from a flat policy), so prompt i starts at seed + i*n."""
+        return [
+            self._vllm.SamplingParams(
+                n=s.n, temperature=s.temperature, top_p=1.0, top_k=0, max_tokens=s.max_new_tokens,
+                seed=s.seed + i * s.n,
+                logprobs=0 if logprobs else None,  # 0: only the sampled token's log-prob
+            )
+            for i in range(len(prompts))
+        ]
 
     def generate(self, prompts: list[str], s: Sampling) -> Rollout:
-        outs = self.llm.generate(prompts, self._params(s, True), use_tqdm=False)
+        outs = self.llm.generate(prompts, self._params(prompts, s, True), use_tqdm=False)
         r = to_rollout(outs, self.pad_id, self.eos_id, s.n)
         r.version = self.version
         return r
 
     def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
-        outs = self.llm.generate(prompts, self._params(s, False), use_tqdm=False)
+        outs = self.llm.generate(prompts, self._params(prompts, s, False), use_tqdm=False)
         return [[c.text for c in o.outputs] for o in outs]
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
         from safetensors.torch import save_file
 
         path = self._shm / "weights.safetensors"
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+        save_file(_unshared(state_dict), str(path))
         try:
             if self.cfg.vllm.enable_sleep_mode:
                 self.llm.wake_up()
