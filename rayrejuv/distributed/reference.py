@@ -16,7 +16,7 @@ class ReferenceWorker:
 
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)
-        self.model = load_model(Checkpoint(Path(model_dir), "reference"), DTYPES[dtype], self.device)
+        self.model = load_model(Checkpoint(Path(model_dir), role="reference"), DTYPES[dtype], self.device)
         self.micro = micro_batch_size
 
     @torch.no_grad()
