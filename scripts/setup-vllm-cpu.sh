@@ -31,7 +31,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "${REQS[*]}" ] || ! "$PY" -c 'import vllm,
 fi
 
 # 3. The project itself, editable, without its own pins (they target the main environment).
-if ! "$PY" -c 'import rayrejuv, pathlib, sys; sys.exit(pathlib.Path(rayrejuv.__file__).parent.parent != pathlib.Path(sys.argv[1]))' "$ROOT" 2>/dev/null; then
+#    -I: the check must not find rayrejuv through the current directory.
+if ! "$PY" -I -c 'import rayrejuv, pathlib, sys; sys.exit(pathlib.Path(rayrejuv.__file__).parent.parent != pathlib.Path(sys.argv[1]))' "$ROOT" 2>/dev/null; then
     "${PIP[@]}" --no-deps -e "$ROOT"
 fi
 
