@@ -122,6 +122,39 @@ def rl(
     print_rl_summary(run_rl(cfg, progress=not quiet))
 
 
+@app.command()
+def tune(
+    base: Optional[Path] = typer.Option(None, help="base checkpoint"),
+    sft: Optional[Path] = typer.Option(None, help="SFT checkpoint to rejuvenate"),
+    calibration: Optional[Path] = typer.Option(None, help="jsonl of {prompt, response} for the targeted reset"),
+    train_data: Optional[Path] = typer.Option(None, help="jsonl of {prompt, answer} for the RL probe"),
+    eval_data: Optional[Path] = typer.Option(None, help="jsonl of {prompt, answer}: in-distribution eval"),
+    ood_data: Optional[Path] = typer.Option(None, help="jsonl of {prompt, answer}: out-of-distribution eval"),
+    out: Optional[Path] = typer.Option(None, help="search directory [default: rayrejuv-tune]"),
+    num_samples: Optional[int] = typer.Option(None, help="trials [default: 8]"),
+    max_concurrent: Optional[int] = typer.Option(None, help="trials at once [default: 2]"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="continue an interrupted search"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address [default: $RAY_ADDRESS, else local]"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (space, probe, objective, ...)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log the search to MLflow [default: on]"),
+    quiet: bool = typer.Option(False, "--quiet", help="less output"),
+) -> None:
+    """Ray Tune over alpha, rho, omega, N, selection; each trial = rejuvenate + a short GRPO probe."""
+    from rayrejuv.config import load_yaml, merge_overrides, validate_config
+    from rayrejuv.pipelines.tune import run_tune
+    from rayrejuv.tune_config import TuneConfig
+
+    flags = {k: v for k, v in locals().items() if k in TuneConfig.model_fields and k not in {"tracking", "ray"}}
+    flags["ray"] = {"address": ray_address}
+    flags["tracking"] = _tracking(tracking_uri, None, track)
+    cfg = validate_config(TuneConfig, merge_overrides(load_yaml(config), flags))
+    summary = run_tune(cfg, progress=not quiet)
+    print((Path(cfg.out) / "leaderboard.md").read_text())
+    print(f"best: {summary['best_yaml']} (checkpoint {summary['best_checkpoint']})")
+    print(f"search {summary['wall_seconds']:.0f}s; sum of trial times {summary['trial_seconds_sum']:.0f}s")
+
+
 testbed_app = typer.Typer(no_args_is_help=True, help="The tiny verifiable math world (built locally).")
 app.add_typer(testbed_app, name="testbed")
 

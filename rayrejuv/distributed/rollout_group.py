@@ -39,6 +39,7 @@ class RolloutGroup:
                 num_cpus=cfg.cpus_per_worker,
                 num_gpus=gpus,
                 max_restarts=cfg.max_restarts,
+                scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's)
                 runtime_env={"env_vars": hooks} if hooks else None,
             ).remote(str(model_dir), cfg.model_dump(mode="json"), max(1, int(cfg.cpus_per_worker)))
             for _ in range(cfg.workers)

@@ -145,9 +145,14 @@ def grpo_worker(config: dict) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, cfg.steps), desc="GRPO", unit="step", disable=not rank0, initial=start, total=cfg.steps)
+    rewards: list[float] = []  # this session's step rewards: the probe's curve summaries
     for step in bar:
         t_step = time.perf_counter()
         batch, metrics = shared(lambda: experience.make(step))  # noqa: B023 (called at once)
+        rewards.append(metrics["reward/mean"])
+        metrics["probe/reward_auc"] = sum(rewards) / len(rewards)
+        recent = rewards[-cfg.checkpoint_every :]
+        metrics["probe/reward_recent"] = sum(recent) / len(recent)
 
         t0 = time.perf_counter()
         metrics |= learner.update(batch)

@@ -87,7 +87,8 @@ def cpu_demand(cfg: RLConfig) -> float:
     )
 
 
-def run_rl(cfg: RLConfig, progress: bool = True) -> dict:
+def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> dict:
+    """`callbacks`: Ray Train UserCallbacks of the learner run (Tune's probe reporter uses one)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -133,7 +134,7 @@ def run_rl(cfg: RLConfig, progress: bool = True) -> dict:
             gpus = 1.0 if cfg.rollout.device.startswith("cuda") else 0.0
             reference = (
                 ray.remote(ReferenceWorker)
-                .options(num_cpus=1.0, num_gpus=gpus)
+                .options(num_cpus=1.0, num_gpus=gpus, scheduling_strategy="DEFAULT")
                 .remote(str(cfg.model), cfg.rollout.device, cfg.rollout.dtype, 1, cfg.grpo.micro_batch_size)
             )
         trainer = TorchTrainer(
@@ -157,6 +158,7 @@ def run_rl(cfg: RLConfig, progress: bool = True) -> dict:
                 storage_path=str(layout.storage),
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                callbacks=callbacks,
             ),
         )
         try:
