@@ -17,6 +17,7 @@ class Range(_Config):
     high: float | None = Field(None, description="upper bound")
     log: bool = Field(False, description="sample log-uniformly")
     choices: list[Any] | None = Field(None, description="a categorical choice instead of a range")
+    grid: bool = Field(False, description="try every choice (a grid; needs search_alg random)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Range:
@@ -24,6 +25,8 @@ class Range(_Config):
             raise ValueError("give either low and high, or choices")
         if self.choices is None and not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.grid and self.choices is None:
+            raise ValueError("grid needs choices")
         return self
 
 
@@ -91,6 +94,8 @@ class TuneConfig(_Config):
             raise ValueError(f"space: cannot search {sorted(unknown)}; searchable: {list(SEARCHABLE)}")
         if self.objective == "eval_pass_at_1" and self.ood_weight > 0 and self.ood_data is None:
             raise ValueError("ood_weight > 0 needs --ood-data")
+        if any(r.grid for r in self.space.values()) and self.search_alg != "random":
+            raise ValueError("a grid in the space needs search_alg: random (Optuna samples, it does not enumerate)")
         if self.probe.report_every > self.probe.steps:
             raise ValueError("probe.report_every cannot exceed probe.steps")
         return self

@@ -34,6 +34,8 @@ def search_space(space: dict[str, Range]) -> dict[str, Any]:
     from ray import tune
 
     def one(r: Range):
+        if r.grid:
+            return tune.grid_search(r.choices)
         if r.choices is not None:
             return tune.choice(r.choices)
         return (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
@@ -120,6 +122,9 @@ def run_trial(params: dict, cfg_json: dict, parent_run_id: str | None, tracking_
     cfg = TuneConfig.model_validate(cfg_json)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(cfg.out).absolute() / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / "attempts.log", "a") as f:  # one line per start: retries and resumes are visible
+        f.write(f"{time.time()}\n")
     child = _child_run(cfg, parent_run_id, tracking_uri, trial_id, params)
     t0 = time.perf_counter()
     try:
