@@ -100,14 +100,15 @@ def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) 
     return sum(is_correct(t[0], r["answer"]) for t, r in zip(texts, rows)) / len(rows)
 
 
-def _probe_reporter(key: str):
-    """Forward the probe learner's checkpoint-step reports to Tune, with the objective ASHA ranks by."""
+def _probe_reporter(key: str, started: float):
+    """Forward the probe learner's checkpoint-step reports to Tune, with the objective ASHA ranks by
+    and the trial's run time so far (a trial ASHA stops never makes its final report)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class ProbeReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            metrics = [{**metrics[0], "objective": metrics[0][key]}, *metrics[1:]]
-            super().after_report(run_context, metrics, checkpoint)
+            first = {**metrics[0], "objective": metrics[0][key], "time/trial": time.time() - started}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return ProbeReport()
 
@@ -126,13 +127,13 @@ def run_trial(params: dict, cfg_json: dict, parent_run_id: str | None, tracking_
     with open(trial_dir / "attempts.log", "a") as f:  # one line per start: retries and resumes are visible
         f.write(f"{time.time()}\n")
     child = _child_run(cfg, parent_run_id, tracking_uri, trial_id, params)
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     try:
         rcfg = rejuvenate_config(cfg, params, trial_dir / "rejuvenated")
         report = rejuvenate(rcfg, progress=False)
         t_rejuv = time.perf_counter() - t0
         probe_cfg = probe_config(cfg, rcfg.out, trial_dir / "probe")
-        summary = run_rl(probe_cfg, progress=False, callbacks=[_probe_reporter(INTERMEDIATE[cfg.objective])])
+        summary = run_rl(probe_cfg, progress=False, callbacks=[_probe_reporter(INTERMEDIATE[cfg.objective], started)])
         final_model = Path(summary["final_checkpoint"])
         evals = {"eval/id_pass_at_1": _greedy_pass_at_1(final_model, cfg.eval_data, cfg.eval_examples,
                                                          probe_cfg.grpo.max_new_tokens)}
