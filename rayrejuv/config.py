@@ -156,12 +156,21 @@ class TinyModelConfig(_Config):
 
 class WorldDataConfig(_Config):
     id_max: int = Field(20, ge=2, description="largest number in in-distribution problems")
-    ood_max: int = Field(40, ge=2, description="largest number in out-of-distribution problems")
-    sft_examples: int = Field(1000, ge=8, description="size of the fixed SFT set")
+    ood_max: int = Field(
+        30,
+        ge=2,
+        description="largest number in out-of-distribution, wide (RL) and base pre-training problems "
+        "(30, not 40: a base pre-trained within the build budget does arithmetic in a smaller range)",
+    )
+    sft_examples: int = Field(
+        600, ge=8, description="size of the fixed SFT set (600 x 32 epochs = 600 steps at batch 32: the build budget)"
+    )
     calibration_examples: int = Field(64, ge=1, description="prompt/response pairs for the targeted reset")
-    rl_train_examples: int = Field(2000, ge=1, description="RL prompts (in-distribution)")
-    eval_examples: int = Field(200, ge=1, description="prompts per eval split (id, ood)")
-    pretrain_texts: int = Field(20000, ge=100, description="texts in the base's pre-training corpus")
+    rl_train_examples: int = Field(2000, ge=1, description="RL prompts, drawn from rl_distribution")
+    eval_examples: int = Field(200, ge=1, description="prompts per eval split (id, ood, wide)")
+    pretrain_texts: int = Field(
+        14000, ge=100, description="texts (about 80 characters each) in the base's pre-training corpus"
+    )
     pretrain_qa_fraction: float = Field(
         0.5,
         ge=0,

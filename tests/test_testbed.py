@@ -62,9 +62,30 @@ def test_generator_is_deterministic_and_every_solution_verifies():
     assert not set(task.OOD_TEMPLATES) & set(task.ID_TEMPLATES)
 
 
-def test_pretraining_text_never_shows_the_task_format():
-    rows = task.pretraining_text(500, 20, seed=0)
-    assert all("####" not in r["response"] and "Q:" not in r["response"] and "A:" not in r["response"] for r in rows)
+def test_wide_split_extends_the_id_distribution():
+    wide = task.generate(task.default_splits()["wide"], 300, seed=5)
+    assert {_check_solution(r) for r in wide} == {2, 3}
+    assert any(int(x) > 20 for r in wide for x in re.findall(r"\d+", r["prompt"]))
+    assert set(task.ID_TEMPLATES) < set(task.WIDE_TEMPLATES)
+
+
+# The words that tell the ID operations apart: the base must never see them.
+ID_VERBS = ("more", "gives", "found", "lost", "taken", "put", "holds")
+
+
+def test_pretraining_shows_the_format_but_never_the_id_phrasing():
+    rows = task.pretraining_text(2000, 20, seed=0, qa_fraction=0.5, qa_max_steps=3)
+    qa = [r["response"] for r in rows if r["response"].startswith("Q: ")]
+    assert 0.4 < len(qa) / len(rows) < 0.6
+    steps = set()
+    for text in qa:
+        prompt, response = text.split(" A:")
+        assert not set(prompt.replace(".", " ").split()) & set(ID_VERBS), prompt
+        n = re.search(r"#### (\d+)$", response).group(1)
+        steps.add(_check_solution({"response": response, "answer": n}))
+    assert steps == {1, 2, 3}
+    plain = task.pretraining_text(500, 20, seed=0, qa_fraction=0.0, qa_max_steps=3)
+    assert all("####" not in r["response"] and "Q:" not in r["response"] for r in plain)
 
 
 def test_tokenizer_round_trip(tokenizer):
@@ -82,7 +103,7 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     m = build_testbed(cfg, progress=False)
     layout = WorldLayout(tmp_path / "tb")
     assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
-    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood"):
+    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide"):
         rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
         assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
         assert set(rows[0]) == (

@@ -1,10 +1,11 @@
 """`rayrejuv testbed build`: a tiny verifiable math world where the paper's story can happen.
 
     DIR/tokenizer/              character tokenizer (standard HF files)
-    DIR/base/                   tiny model "pre-trained" on generic domain text
+    DIR/base/                   tiny model "pre-trained" on generic text and on Q/A problems of
+                                other phrasings (it knows the format, not the ID task)
     DIR/sft/epoch-<e>/          the SFT ladder (constant LR, same data order), e = 0.5 ... 32
-    DIR/data/*.jsonl            sft, calibration (prompt/response); rl_train, eval_id, eval_ood
-                                (prompt/answer, with the worked response as well)
+    DIR/data/*.jsonl            sft, calibration (prompt/response); rl_train, eval_id, eval_ood,
+                                eval_wide (prompt/answer, with the worked response as well)
     DIR/testbed.json            the config it was built with, timings, losses
 
 Every step is cached: a re-run reuses what exists and resumes an interrupted ladder from its
@@ -33,7 +34,7 @@ from rayrejuv.timing import PhaseTimer
 from rayrejuv.tracking import tracked_run
 
 MANIFEST = "testbed.json"
-DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood")
+DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide")
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,16 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
         d.sft_examples + d.calibration_examples,
         d.sft_examples + d.calibration_examples + d.rl_train_examples,
     )
+    # The wide pool: RL prompts (when rl_distribution is 'wide') and a held-out eval on the same
+    # distribution, so RL gains can be measured where RL trained.
+    wide = task.generate(splits["wide"], d.rl_train_examples + d.eval_examples, seed)
     rows = {
         "sft": pool[:a],
         "calibration": pool[a:b],
-        "rl_train": pool[b:c]
-        if d.rl_distribution == "id"
-        else task.generate(splits["wide"], d.rl_train_examples, seed),
+        "rl_train": pool[b:c] if d.rl_distribution == "id" else wide[: d.rl_train_examples],
         "eval_id": pool[c:],
         "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
+        "eval_wide": wide[d.rl_train_examples :],
     }
     fields = {"sft": ("prompt", "response"), "calibration": ("prompt", "response")}
     for name, items in rows.items():

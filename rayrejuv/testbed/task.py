@@ -48,6 +48,8 @@ BASE_STEPS = {
     "-": ("{n} sells {v}.", "{n} drops {v}.", "{v} leave.", "uses {v}."),
 }
 BASE_QUESTIONS = ("how many now?", "what is left?", "count?", "total?")
+# Generic pre-training rows are packed to at least this many characters (a Q/A problem is 60-110).
+GENERIC_ROW_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -126,20 +128,27 @@ def _equation_chain(rng: random.Random, max_number: int) -> str:
     return " ".join(parts)
 
 
+def _generic_piece(rng: random.Random, max_number: int) -> str:
+    if rng.random() < 0.6:
+        return _equation_chain(rng, max_number)
+    return f"{rng.choice(NAMES)} has {rng.randint(0, 2 * max_number)} {rng.choice(ITEMS)}."
+
+
 def pretraining_text(n: int, max_number: int, seed: int, qa_fraction: float, qa_max_steps: int) -> list[dict[str, str]]:
     """The base's corpus, as whole texts (empty prompt): a `qa_fraction` of Q/A problems from the
     phrase bank (format, marker and chaining, never the ID phrasing), the rest generic text:
-    equation chains and plain sentences about quantities."""
+    equation chains and plain sentences about quantities, packed to about a Q/A problem's length
+    (a batch pads to its longest row: short rows would cost as much and teach less)."""
     rng = random.Random(f"pretrain:{seed}")
     rows = []
     for _ in range(n):
-        r = rng.random()
-        if r < qa_fraction:
+        if rng.random() < qa_fraction:
             p = base_problem(rng, max_number, qa_max_steps)
             text = p["prompt"] + p["response"]
-        elif r < qa_fraction + 0.6 * (1 - qa_fraction):
-            text = _equation_chain(rng, max_number)
         else:
-            text = f"{rng.choice(NAMES)} has {rng.randint(0, 2 * max_number)} {rng.choice(ITEMS)}."
+            pieces = [_generic_piece(rng, max_number)]
+            while sum(len(x) + 1 for x in pieces) < GENERIC_ROW_CHARS:
+                pieces.append(_generic_piece(rng, max_number))
+            text = " ".join(pieces)
         rows.append({"prompt": "", "response": text})
     return rows
