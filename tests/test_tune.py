@@ -41,10 +41,10 @@ def tune_config(pair, out, **kw):
     from rayrejuv.config import merge_overrides
     from rayrejuv.tune_config import TuneConfig
 
+    space = kw.pop("space", {"alpha": {"low": 0.5, "high": 0.9}, "reset_ratio": {"choices": [0.01, 0.02]}})
     values = {**pair, "out": out, "probe": PROBE, "eval_examples": 8, "num_samples": 4, "max_concurrent": 2,
-              "space": {"alpha": {"low": 0.5, "high": 0.9}, "reset_ratio": {"choices": [0.01, 0.02]}},
               "tracking": {"enabled": False}}
-    return TuneConfig.model_validate(merge_overrides(values, kw))
+    return TuneConfig.model_validate({**merge_overrides(values, kw), "space": space})
 
 
 def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair, tmp_path, monkeypatch):
@@ -56,7 +56,8 @@ def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair,
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = run_tune(tune_config(pair, tmp_path / "search", tracking={"enabled": True, "uri": uri, "experiment": "t"}), False)
+    tracking = {"enabled": True, "uri": uri, "experiment": "t"}
+    summary = run_tune(tune_config(pair, tmp_path / "search", tracking=tracking), False)
     board = summary["leaderboard"]
     assert len(board) == 4 and all(r["status"] in ("finished", "stopped early") for r in board)
     runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("t").experiment_id])
@@ -103,7 +104,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(pair, tmp_path)
         time.sleep(1)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True)
     finished_before = {d.parent.parent.name for d in out.glob("trials/*/probe/final")}
     subprocess.run([*args, "--resume"], env=env, check=True, timeout=900)
     board = json.loads((out / "leaderboard.json").read_text())

@@ -251,7 +251,7 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> dict:
                 param_space=search_space(cfg.space),
                 tune_config=tune.TuneConfig(
                     metric="objective", mode="max", search_alg=SEARCH_ALGS[cfg.search_alg](cfg),
-                    scheduler=scheduler, num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent,
+                    scheduler=scheduler, num_samples=cfg.num_samples,  # the search algs limit concurrency
                 ),
                 run_config=run_config,
             )
@@ -290,8 +290,8 @@ def _finish(cfg: TuneConfig, board: list[dict], run, wall: float) -> dict:
     if not finished:
         raise RejuvError(f"no trial finished (see {out / 'leaderboard.md'}); check the trial errors under {out}/ray")
     keep = {r["trial"] for r in finished[: cfg.keep_best]}
-    for r in board:  # trial directories (rejuvenated checkpoint + probe) of all but the best K
-        if r["trial"] not in keep:
+    for r in board:  # trial directories (checkpoint + probe) of all but the best K; failed ones kept for their logs
+        if r["trial"] not in keep and r["status"] != "failed":
             shutil.rmtree(out / "trials" / r["trial"], ignore_errors=True)
     best = finished[0]
     params = {k: best[k] for k in cfg.space}
