@@ -1,0 +1,70 @@
+"""cluster.yaml passes Ray's own cluster-launcher validation, and every job config under jobs/
+parses into the typed config of its command, as it is (no placeholders merged in)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayrejuv.config import RejuvenateConfig, load_yaml, validate_config
+from rayrejuv.rl_config import RLConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = sorted((ROOT / "jobs").rglob("*.yaml"))
+MODELS = {"rejuvenate": RejuvenateConfig, "rl": RLConfig}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_passes_ray_validation(cluster):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cluster))
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "aws"
+    types = prepared["available_node_types"]
+    assert prepared["head_node_type"] in types
+    gpu_types = [t for t, v in types.items() if v["resources"].get("GPU", 0) > 0]
+    assert gpu_types, "no GPU worker node type"
+    for t in gpu_types:
+        assert 0 <= types[t]["min_workers"] <= types[t]["max_workers"]
+    # our sections survive the merge with Ray's AWS defaults
+    assert prepared["file_mounts"]["~/rayrejuv"] == "."
+    assert any("pip install" in c and ".[vllm]" in c for c in prepared["setup_commands"])
+
+
+def test_cluster_yaml_start_commands_and_auth(cluster):
+    head = " ".join(cluster["head_start_ray_commands"])
+    worker = " ".join(cluster["worker_start_ray_commands"])
+    assert "ray start --head --port=6379" in head and "--dashboard-host=0.0.0.0" in head
+    assert "ray start --address=$RAY_HEAD_IP:6379" in worker
+    # token auth configured the same way on every node (Ray 2.60)
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in worker
+    assert "~/.ray/auth_token" in cluster["file_mounts"]
+
+
+def test_there_are_job_configs():
+    names = {p.relative_to(ROOT / "jobs").as_posix() for p in JOBS}
+    assert {"rejuvenate/cpu.yaml", "rejuvenate/gpu.yaml", "rl/cpu.yaml", "rl/gpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.relative_to(ROOT / "jobs").as_posix())
+def test_job_config_validates_as_is(path):
+    command = path.relative_to(ROOT / "jobs").parts[0]
+    cfg = validate_config(MODELS[command], load_yaml(path))
+    if path.stem == "gpu" and command == "rl":
+        assert cfg.rollout.backend == "vllm" and cfg.rollout.gpus_per_worker == 1
+        assert cfg.learner.use_gpu and cfg.learner.engine == "deepspeed" and cfg.learner.zero_stage == 2
+    if path.stem == "gpu" and command == "rejuvenate":
+        assert cfg.device.startswith("cuda")
+
+
+def test_job_configs_are_documented():
+    readme = (ROOT / "jobs" / "README.md").read_text()
+    for path in JOBS:
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in readme, f"{rel} is not shown in jobs/README.md"
