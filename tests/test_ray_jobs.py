@@ -1,0 +1,317 @@
+"""The cluster workflow of jobs/README.md, for real on one machine: a two-node Ray cluster started
+with `ray start` (token auth on), an MLflow tracking server, and `ray job submit ... -- python -m
+rayrejuv demo --tracking-uri http://...` reaching SUCCEEDED with its runs in the server.
+
+Everything runs in its own processes with a private HOME and Ray temp dir; the token is passed
+as RAY_AUTH_TOKEN, so no ~/.ray/auth_token is written anywhere. Teardown ends only the processes
+this test started: the `ray start --block` and `mlflow server` process groups, then any leftover
+process of this cluster's temp dir, by pid (never `ray stop`, which stops every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _tool(name: str) -> list[str]:
+    exe = BIN / name
+    if exe.exists():
+        return [str(exe)]
+    modules = {"ray": "ray.scripts.scripts", "mlflow": "mlflow.cli"}
+    return [sys.executable, "-c", f"import sys; from {modules[name]} import cli; sys.exit(cli())"]
+
+
+def _wait(what: str, ok, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = ok()
+        if got:
+            return got
+        time.sleep(every)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def _http_ok(url: str, token: str | None = None) -> bool:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _kill_groups(procs: list[subprocess.Popen], grace: float = 40.0) -> None:
+    """SIGTERM the process groups we started, all at once (Ray nodes drain in parallel), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        live = [p for p in procs if p.poll() is None]
+        for p in live:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for p in live:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _leftovers(marker: str) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+class LocalCluster:
+    """Head + one worker node via `ray start --block`, each 1 CPU, all ports chosen here."""
+
+    def __init__(self, tmp: Path, env: dict):
+        self.env = env
+        # one temp dir per node (short: unix socket paths), as on two machines: nodes sharing one
+        # would unpack the job's working_dir into the same runtime_resources directory, racing
+        self.temp_dirs = [tempfile.mkdtemp(prefix=f"rj{n}", dir="/tmp") for n in ("h", "w")]
+        self.logs_open: list = []
+        self.logs = tmp / "ray-logs"
+        self.logs.mkdir()
+        self.procs: list[subprocess.Popen] = []
+        (self.port, self.dashboard, self.client, *self.node_ports) = _free_ports(13)
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard}"
+
+    def _node_flags(self, i: int) -> list[str]:
+        p = self.node_ports[5 * i : 5 * i + 5]
+        return [
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dirs[i]}",
+            f"--dashboard-agent-listen-port={p[0]}",
+            f"--dashboard-agent-grpc-port={p[1]}",
+            f"--metrics-export-port={p[2]}",
+            f"--runtime-env-agent-port={p[3]}",
+            f"--object-manager-port={p[4]}",
+            "--disable-usage-stats",
+            "--block",
+        ]
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "w")
+        self.logs_open.append(log)
+        self.procs.append(
+            subprocess.Popen(
+                _tool("ray") + ["start", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    def start(self) -> None:
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--dashboard-port={self.dashboard}",
+                "--include-dashboard=true",
+                f"--ray-client-server-port={self.client}",
+                *self._node_flags(0),
+            ],
+        )
+        version = f"{self.dashboard_url}/api/version"
+        _wait("Ray dashboard", lambda: self._alive() and _http_ok(version, self.env["RAY_AUTH_TOKEN"]), 120)
+        self._start("worker", [f"--address={self.address}", *self._node_flags(1)])
+        _wait("two Ray nodes", lambda: self._alive() and len(self.node_ids()) == 2, 120, every=3)
+
+    def _alive(self) -> bool:
+        for p, name in zip(self.procs, ("head", "worker")):
+            if p.poll() is not None:
+                raise RuntimeError(f"ray start ({name}) exited: {(self.logs / f'{name}.log').read_text()[-3000:]}")
+        return True
+
+    def node_ids(self) -> list[str]:
+        code = (
+            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
+        )
+        r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        return r.stdout.strip().splitlines()[-1].split() if r.returncode == 0 and r.stdout.strip() else []
+
+    def stop(self) -> None:
+        _kill_groups(self.procs)
+        for p in self.leftovers():  # processes of this cluster only
+            try:
+                p.kill()
+            except Exception:
+                pass
+        for d in self.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        for f in self.logs_open:
+            f.close()
+
+    def leftovers(self) -> list:
+        return [p for d in self.temp_dirs for p in _leftovers(d)]
+
+
+@pytest.fixture
+def env(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    e.update(
+        HOME=str(home),  # nothing of the real ~/.ray is read or written
+        PATH=f"{BIN}{os.pathsep}{e.get('PATH', '')}",  # `python` in the job entry point = this venv
+        RAY_AUTH_MODE="token",  # the same on every node, the job driver and every client
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # SIGTERM to `ray start --block`: stop now, no 30 s drain
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
+    return e
+
+
+@pytest.fixture
+def cluster(tmp_path, env):
+    c = LocalCluster(tmp_path, env)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+    assert not c.leftovers(), "Ray processes of the test cluster survived teardown"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, env):
+    (port,) = _free_ports(1)
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    log = open(tmp_path / "mlflow-server.log", "w")
+    proc = subprocess.Popen(
+        _tool("mlflow")
+        + [
+            "server",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--backend-store-uri=sqlite:///{store / 'mlflow.db'}",
+            f"--artifacts-destination={store / 'artifacts'}",
+            "--workers=1",
+        ],
+        cwd=store,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait("MLflow server", lambda: proc.poll() is not None or _http_ok(f"{url}/health"), 120)
+        assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
+        yield url
+    finally:
+        _kill_groups([proc])
+
+
+def _ray(env, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(_tool("ray") + list(args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflow_server):
+    from mlflow import MlflowClient
+
+    assert not _http_ok(f"{cluster.dashboard_url}/api/version"), "token auth is off: the job API answers anyone"
+    # the job's working_dir: a copy of the package (what `--working-dir .` uploads, minus the rest)
+    work = tmp_path / "working_dir"
+    shutil.copytree(ROOT / "rayrejuv", work / "rayrejuv", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", work)
+    out = tmp_path / "demo-out"  # "shared storage": both nodes are on this machine
+    job_id = f"rayrejuv-test-{secrets.token_hex(4)}"
+    t0 = time.monotonic()
+    r = _ray(
+        env,
+        "job",
+        "submit",
+        f"--address={cluster.dashboard_url}",
+        f"--submission-id={job_id}",
+        f"--working-dir={work}",
+        "--runtime-env-json",
+        json.dumps({"env_vars": {"RAY_AUTH_MODE": "token"}}),
+        "--no-wait",
+        "--",
+        "python",
+        "-m",
+        "rayrejuv",
+        "demo",
+        "--out",
+        str(out),
+        "--tracking-uri",
+        mlflow_server,
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def status() -> str | None:  # "Job 'ID' succeeded" / "... is currently RUNNING", with colour codes
+        s = _ray(env, "job", "status", f"--address={cluster.dashboard_url}", job_id)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", s.stdout + s.stderr).upper()
+        found = re.findall(r"\b(SUCCEEDED|FAILED|STOPPED)\b", text)
+        return found[-1] if found else None
+
+    def logs() -> str:
+        return _ray(env, "job", "logs", f"--address={cluster.dashboard_url}", job_id).stdout[-4000:]
+
+    try:
+        final = _wait(f"job {job_id}", status, timeout=480, every=3)
+    except TimeoutError:
+        pytest.fail(f"job {job_id} did not finish in 480 s:\n{logs()}")
+    seconds = time.monotonic() - t0
+    assert final == "SUCCEEDED", logs()
+    print(f"job {job_id} SUCCEEDED in {seconds:.1f}s")
+
+    reports = [json.loads(p.read_text()) for p in out.rglob("rejuvenation_report.json")]
+    assert reports and all(rep["execution"]["mode"] == "ray" for rep in reports)
+    # the job's actors ran on this two-node cluster, not on a local instance of their own
+    nodes = set(cluster.node_ids())
+    assert len(nodes) == 2 and all(set(rep["execution"]["nodes"]) <= nodes for rep in reports), nodes
+
+    client = MlflowClient(mlflow_server)
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert runs, "no run reached the MLflow server"
+    assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert len(runs) >= len(reports) and any(run.data.params for run in runs)
