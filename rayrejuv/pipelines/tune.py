@@ -214,7 +214,9 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     probe = probe_config(cfg, cfg.sft, out / "unused")
     per_trial = cfg.cpus_per_trial + cpu_demand(probe)
-    num_cpus = max(os.cpu_count() or 1, int(per_trial * cfg.max_concurrent + 0.999))
+    # one trial's worth of headroom: the learner placement group of a trial that ASHA stopped is
+    # freed by Ray Train's cleaner actor a little later (measured: a next trial can time out on it)
+    num_cpus = max(os.cpu_count() or 1, int(per_trial * (cfg.max_concurrent + 1) + 0.999))
     t0 = time.perf_counter()
     with ray_session(cfg.ray.address, num_cpus=num_cpus), tracked_run(
         cfg.tracking, "tune", run_id=state["run_id"]
