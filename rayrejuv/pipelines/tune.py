@@ -154,6 +154,7 @@ def run_trial(params: dict, cfg_json: dict, parent_run_id: str | None, tracking_
         }
         _log_child(child, result, trial_dir / "probe" / "metrics.jsonl")
         tune.report(result)
+        atomic_write_text(trial_dir / "result.json", json.dumps(result))
     except BaseException:
         _end_child(child, "FAILED")
         raise
