@@ -65,6 +65,7 @@ def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair,
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}  # stopped trials closed as KILLED
     assert (tmp_path / "search" / "objective_vs_params.png").exists()
 
     best = yaml.safe_load(Path(summary["best_yaml"]).read_text())

@@ -285,9 +285,23 @@ def leaderboard(grid, cfg: TuneConfig) -> list[dict]:
     return sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))
 
 
+def _close_stopped_runs(parent_run_id: str | None) -> None:
+    """Trials ASHA stopped were killed mid-run: their nested MLflow runs would stay RUNNING."""
+    if parent_run_id is None:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    for r in client.search_runs([exp], filter_string=query):
+        client.set_terminated(r.info.run_id, status="KILLED")
+
+
 def _finish(cfg: TuneConfig, board: list[dict], run, wall: float) -> dict:
     from rayrejuv.plots import plot_objective_vs_params
 
+    _close_stopped_runs(run.run_id)
     out = Path(cfg.out)
     finished = [r for r in board if r["objective"] is not None]
     if not finished:
