@@ -125,6 +125,12 @@ def evaluate_pass_at_k(
         progress=progress,
         desc=f"sample x{n}",
     )
+    return score_pass_at_k(greedy, samples, rows, k)
+
+
+def score_pass_at_k(greedy: list[list[str]], samples: list[list[str]], rows: list[dict], k: int) -> PassAtK:
+    """Greedy pass@1 and unbiased pass@k from completion texts (one greedy, n samples per row)."""
+    n = len(samples[0])
     g = [is_correct(c[0], r["answer"]) for c, r in zip(greedy, rows)]
     correct = [sum(is_correct(s, r["answer"]) for s in c) for c, r in zip(samples, rows)]
     return PassAtK(

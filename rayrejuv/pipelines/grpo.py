@@ -25,7 +25,7 @@ import torch
 
 from rayrejuv.data.prompts import step_prompts
 from rayrejuv.method.grpo import group_advantages
-from rayrejuv.method.metrics import pass_at_k
+from rayrejuv.models.evaluate import score_pass_at_k
 from rayrejuv.models.rollout import Rollout, Sampling
 from rayrejuv.rewards import is_correct
 from rayrejuv.rl_config import RLConfig
@@ -97,12 +97,11 @@ class Experience:
         greedy = self.rollouts.complete(prompts, Sampling(1, 0.0, g.max_new_tokens, cfg.seed))
         k = cfg.eval_k
         samples = self.rollouts.complete(prompts, Sampling(k, g.temperature, g.max_new_tokens, cfg.seed + step + 1))
-        p1 = [is_correct(c[0], r["answer"]) for c, r in zip(greedy, self.eval_rows)]
-        correct = [sum(is_correct(t, r["answer"]) for t in c) for c, r in zip(samples, self.eval_rows)]
+        score = score_pass_at_k(greedy, samples, self.eval_rows, k)
         return {
-            "eval/pass_at_1": sum(p1) / len(p1),
-            "eval/pass_at_k": sum(pass_at_k(k, c, k) for c in correct) / len(correct),
-            "eval/sample_accuracy": sum(correct) / (k * len(correct)),
+            "eval/pass_at_1": score.pass_at_1,
+            "eval/pass_at_k": score.pass_at_k,
+            "eval/sample_accuracy": score.sample_accuracy,
         }
 
 
