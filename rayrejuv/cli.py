@@ -218,20 +218,36 @@ def diagnose(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("rayrejuv-demo"), help="working directory of the demo"),
-    seed: int = typer.Option(0, help="seed of the tiny models and data"),
+    out: Optional[Path] = typer.Option(None, help="working directory; re-run to resume [default: rayrejuv-demo]"),
+    seeds: Optional[int] = typer.Option(None, help="RL seeds per start [default: 3; --quick: 2]"),
+    seed: Optional[int] = typer.Option(None, help="first RL seed [default: 0]"),
+    quick: bool = typer.Option(False, "--quick", help="smoke run of a few minutes (small world, short RL)"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="replace another demo in --out"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address [default: $RAY_ADDRESS, else local]"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (world, rungs, rejuvenation, rl, eval sections)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI"),
-    track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment [default: rayrejuv]"),
+    track: Optional[bool] = typer.Option(None, "--track/--no-track", help="log to MLflow [default: on]"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """Build tiny base and over-trained SFT models locally and rejuvenate the SFT model."""
-    from rayrejuv.config import TrackingConfig
+    """The paper's ablation in miniature: build a tiny world, diagnose, rejuvenate, GRPO from four starts."""
+    from rayrejuv.config import load_yaml, merge_overrides, validate_config
+    from rayrejuv.demo_config import QUICK, DemoConfig
     from rayrejuv.pipelines.demo import run_demo
     from rayrejuv.summary import print_demo_summary
 
-    t0 = time.perf_counter()
-    summary = run_demo(out, seed, TrackingConfig(uri=tracking_uri, enabled=track), progress=not quiet)
-    print_demo_summary(summary, time.perf_counter() - t0)
+    flags = {
+        "out": out,
+        "seeds": seeds,
+        "seed": seed,
+        "quick": quick or None,
+        "overwrite": overwrite,
+        "ray": {"address": ray_address},
+        "tracking": _tracking(tracking_uri, experiment, track),
+    }
+    values = merge_overrides(QUICK if quick else {}, load_yaml(config))
+    cfg = validate_config(DemoConfig, merge_overrides(values, flags))
+    print_demo_summary(run_demo(cfg, progress=not quiet))
 
 
 def main() -> None:

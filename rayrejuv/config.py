@@ -21,6 +21,10 @@ class TrackingConfig(_Config):
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here"
     )
     experiment: str = Field("rayrejuv", description="MLflow experiment name")
+    run_name: str | None = Field(None, description="MLflow run name; default: the command's")
+    parent_run_id: str | None = Field(
+        None, description="nest the run under this (running) MLflow run, as the demo does with its phases"
+    )
 
 
 class RayConfig(_Config):

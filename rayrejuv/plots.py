@@ -142,3 +142,52 @@ def plot_objective_vs_params(rows: list[dict], params: list[str], path: Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_demo_pass_at_1(results: dict, path: Path) -> None:
+    """The demo's table as bars: pass@1 before and after RL (mean, min-max over seeds), ID and OOD."""
+    from rayrejuv.demo_results import LABELS, STARTS
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    xs = range(len(STARTS))
+    for ax, split in zip(axes[:2], ("id", "ood")):
+        rows = [results["rows"][s] for s in STARTS]
+        after = [r["spread"][f"{split}_after"] for r in rows]
+        ax.bar([x - 0.2 for x in xs], [r[f"{split}_before"] for r in rows], 0.4, label="before RL", color="#bbb")
+        ax.bar([x + 0.2 for x in xs], [a["mean"] for a in after], 0.4, label="after RL", color="#3a7")
+        ax.errorbar([x + 0.2 for x in xs], [a["mean"] for a in after], fmt="none", ecolor="k", capsize=3,
+                    yerr=[[a["mean"] - a["min"] for a in after], [a["max"] - a["mean"] for a in after]])
+        name = results.get(f"{split}_split", split)
+        ax.set_title(f"greedy pass@1, {split.upper()} ({name})", fontsize=10)
+        ax.set_xticks(list(xs), [LABELS[s].replace(" + ", "\n+ ") for s in STARTS], fontsize=8)
+        ax.legend(fontsize=8)
+    axes[2].bar(list(xs), [results["rows"][s]["entropy_before"] for s in STARTS], color="#58c")
+    axes[2].set_title("token entropy before RL (teacher-forced)", fontsize=10)
+    axes[2].set_xticks(list(xs), [LABELS[s].replace(" + ", "\n+ ") for s in STARTS], fontsize=8)
+    fig.suptitle(f"rayrejuv demo: {len(results['seeds'])} RL seed(s); bars after RL = mean, whiskers = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_demo_rewards(per_seed: dict[str, list[dict]], path: Path) -> None:
+    """Mean GRPO reward per step of each start, averaged over seeds (band: min..max)."""
+    import numpy as np
+
+    from rayrejuv.demo_results import LABELS
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for start, runs in per_seed.items():
+        curves = np.array([r["rewards"] for r in runs])  # (seeds, steps)
+        steps = np.arange(1, curves.shape[1] + 1)
+        line = ax.plot(steps, curves.mean(0), label=LABELS[start])[0]
+        ax.fill_between(steps, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward of the step's samples")
+    ax.set_title("GRPO from each start (one recipe; band = min..max over seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -28,17 +28,29 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
     c.print(t)
 
 
-def print_demo_summary(summary: dict, wall_s: float) -> None:
-    c = Console(width=max(Console().width, 120))
-    t = Table(title="rayrejuv demo: token entropy on the calibration set (teacher-forced)")
-    t.add_column("model")
-    t.add_column("mean entropy", justify="right")
-    t.add_column("neurons reset", justify="right")
-    for name, h in summary["entropy"].items():
-        run = summary["runs"].get(name)
-        t.add_row(name, f"{h:.4f}", str(run["reset_count"]) if run else "-")
+def print_demo_summary(results: dict) -> None:
+    """The paper's table (mean ± std over seeds), the findings, and the time of each phase."""
+    from rayrejuv.demo_results import LABELS, STARTS
+
+    c = Console(width=max(Console().width, 140))
+    n = len(results["seeds"])
+    idn, oodn = results["id_split"].upper(), results["ood_split"].upper()
+    t = Table(title=f"rayrejuv demo: GRPO from four starts, {n} seed(s) {results['seeds']} (after: mean ± std)")
+    for col in ("start", "entropy before", f"{idn} before", f"{idn} after", f"{idn} gain", f"{oodn} before",
+                f"{oodn} after", f"{oodn} gain"):
+        t.add_column(col, justify="left" if col == "start" else "right")
+    for start in STARTS:
+        r = results["rows"][start]
+        pm = {k: f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in r["spread"].items()}
+        t.add_row(LABELS[start], f"{r['entropy_before']:.3f}", f"{r['id_before']:.3f}", pm["id_after"],
+                  pm["id_gain"], f"{r['ood_before']:.3f}", pm["ood_after"], pm["ood_gain"])
     c.print(t)
-    c.print(f"outputs under {summary['out']}; wall {wall_s:.1f}s")
+    for name, f in results["findings"].items():
+        mark = "[green]holds[/green]" if f["holds"] else "[red]does not hold[/red]"
+        c.print(f"  {name.replace('_', ' ')}: {mark}")
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings_s"].items())
+    c.print(f"phases: {times}; wall {results['wall_s']:.0f}s")
+    c.print(f"outputs: {results['out']} (results.json, table.md, pass_at_1.png, rewards.png)")
 
 
 def print_diagnose_summary(result: dict) -> None:

@@ -68,7 +68,12 @@ def tracked_run(
     if cfg.uri is not None:
         mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested):
+    name = None if run_id else (cfg.run_name or run_name)
+    parent = cfg.parent_run_id
+    # a parent given by id may be this process's active run (nested) or another process's
+    nested = nested or (parent is not None and mlflow.active_run() is not None)
+    parent = parent if run_id is None else None  # a continued run keeps its parent
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, parent_run_id=parent):
         yield Run(mlflow)
 
 

@@ -88,6 +88,21 @@ def test_pretraining_shows_the_format_but_never_the_id_phrasing():
     assert all("####" not in r["response"] and "Q:" not in r["response"] for r in plain)
 
 
+def test_general_split_is_held_out_base_phrasing_at_id_difficulty():
+    rows = task.general_problems(300, 20, 0, exclude=set())
+    for r in rows:
+        words = set(r["prompt"].replace(".", " ").split())
+        assert not words & set(ID_VERBS), r["prompt"]
+        assert _check_solution(r) == 2
+        numbers = [int(x) for x in r["prompt"].replace(".", " ").split() if x.isdigit()]
+        assert len(numbers) == 3 and max(numbers) <= 20
+    assert rows == task.general_problems(300, 20, 0, exclude=set())  # deterministic
+    # excluded texts (the base's pre-training problems) are skipped, and only those
+    seen = {r["prompt"] + r["response"] for r in rows[:10]}
+    again = task.general_problems(290, 20, 0, exclude=seen)
+    assert again == rows[10:300]
+
+
 def test_tokenizer_round_trip(tokenizer):
     for r in task.generate(task.default_splits()["ood"], 50, seed=1):
         text = r["prompt"] + r["response"]
@@ -103,7 +118,7 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     m = build_testbed(cfg, progress=False)
     layout = WorldLayout(tmp_path / "tb")
     assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
-    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide"):
+    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide", "eval_general"):
         rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
         assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
         assert set(rows[0]) == (

@@ -140,3 +140,25 @@ def score_pass_at_k(greedy: list[list[str]], samples: list[list[str]], rows: lis
         k=k,
         n=n,
     )
+
+
+def greedy_pass_at_1(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 64) -> float:
+    """Fraction of prompts whose greedy completion has the right final answer."""
+    texts = generate(model, tokenizer, [r["prompt"] for r in rows], num_samples=1, do_sample=False,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return sum(is_correct(t[0], r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+
+
+def score_checkpoint(
+    model_dir, splits: dict[str, list[dict]], entropy_rows: list[dict], max_new_tokens: int, role: str = "evaluated"
+) -> dict[str, float]:
+    """Greedy pass@1 on each named split, and the mean teacher-forced token entropy on
+    `entropy_rows` (prompt/response): the numbers of the demo's table, for one checkpoint."""
+    from rayrejuv.io.checkpoint import Checkpoint
+    from rayrejuv.models.loading import load_model, load_tokenizer
+
+    ckpt = Checkpoint(model_dir, role=role)
+    model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
+    scores = {name: greedy_pass_at_1(model, tok, rows, max_new_tokens) for name, rows in splits.items()}
+    scores["entropy"] = teacher_forced_stats(model, tok, entropy_rows)["entropy"]
+    return scores

@@ -5,7 +5,7 @@
                                 other phrasings (it knows the format, not the ID task)
     DIR/sft/epoch-<e>/          the SFT ladder (constant LR, same data order), e = 0.5 ... 32
     DIR/data/*.jsonl            sft, calibration (prompt/response); rl_train, eval_id, eval_ood,
-                                eval_wide (prompt/answer, with the worked response as well)
+                                eval_wide, eval_general (prompt/answer, with the worked response)
     DIR/testbed.json            the config it was built with, timings, losses
 
 Every step is cached: a re-run reuses what exists and resumes an interrupted ladder from its
@@ -34,7 +34,7 @@ from rayrejuv.timing import PhaseTimer
 from rayrejuv.tracking import tracked_run
 
 MANIFEST = "testbed.json"
-DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide")
+DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide", "eval_general")
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,9 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
         "eval_id": pool[c:],
         "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
         "eval_wide": wide[d.rl_train_examples :],
+        "eval_general": task.general_problems(
+            d.eval_examples, d.id_max, seed, exclude={r["response"] for r in _pretraining_rows(cfg)}
+        ),
     }
     fields = {"sft": ("prompt", "response"), "calibration": ("prompt", "response")}
     for name, items in rows.items():
@@ -139,6 +142,11 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in items))
     return rows
+
+
+def _pretraining_rows(cfg: TinyWorldConfig) -> list[dict[str, str]]:
+    d = cfg.data
+    return task.pretraining_text(d.pretrain_texts, d.ood_max, cfg.seed, d.pretrain_qa_fraction, d.pretrain_qa_max_steps)
 
 
 def _new_model(cfg: TinyWorldConfig, tok):
@@ -163,10 +171,7 @@ def ensure_base(layout: WorldLayout, cfg: TinyWorldConfig, tok, progress: bool, 
     torch.manual_seed(cfg.seed)
     model = _new_model(cfg, tok)
     t = cfg.train
-    d = cfg.data
-    texts = task.pretraining_text(
-        d.pretrain_texts, d.ood_max, cfg.seed, d.pretrain_qa_fraction, d.pretrain_qa_max_steps
-    )
+    texts = _pretraining_rows(cfg)
     every = _log_every(steps_for(t.pretrain_epochs, len(texts), t.pretrain_batch_size))
 
     def log(step: int, loss: float, _opt) -> None:

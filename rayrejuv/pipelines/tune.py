@@ -88,16 +88,13 @@ def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) 
 
     from rayrejuv.data.jsonl import read_jsonl
     from rayrejuv.io.checkpoint import Checkpoint
-    from rayrejuv.models.evaluate import generate
+    from rayrejuv.models.evaluate import greedy_pass_at_1
     from rayrejuv.models.loading import load_model, load_tokenizer
-    from rayrejuv.rewards import is_correct
 
     rows = read_jsonl(data, ("prompt", "answer"), "eval data")[:n]
     ckpt = Checkpoint(model_dir, role="probed")
     model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
-    texts = generate(model, tok, [r["prompt"] for r in rows], num_samples=1, do_sample=False,
-                     max_new_tokens=max_new_tokens)
-    return sum(is_correct(t[0], r["answer"]) for t, r in zip(texts, rows)) / len(rows)
+    return greedy_pass_at_1(model, tok, rows, max_new_tokens, batch_size=32)
 
 
 def _probe_reporter(key: str, started: float):

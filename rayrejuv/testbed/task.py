@@ -8,6 +8,9 @@ distributions, all built by one solver so their worked solutions share one forma
   - id:   the SFT distribution: 2 steps, numbers 0..id_max, templates 0..2 (own verbs)
   - ood:  3 steps, numbers up to ood_max, templates the SFT set never shows but whose verbs the
           base knows: reachable from the base, so SFT can forget it and fusion can bring it back
+  - general: held-out problems of the base's own Q/A phrasing, at the ID difficulty (2 steps,
+          numbers 0..id_max): what SFT on the ID phrasing makes the model forget (the paper's
+          out-of-domain abilities), and what fusion with the base can keep
   - wide: the RL prompts: the ID templates and their 3-step variants with numbers up to
           ood_max, a superset of the SFT distribution where an over-fitted model has room to fail
 The generator is a pure function of (split, seed, index): reproducible anywhere.
@@ -97,15 +100,28 @@ def make_problem(split: Split, rng: random.Random) -> dict[str, str]:
     return _row(prompt, response, total)
 
 
-def base_problem(rng: random.Random, max_number: int, max_steps: int) -> dict[str, str]:
-    """A Q/A problem of 1..max_steps steps composed from the base's phrase bank."""
-    ops = "".join(rng.choice("+-") for _ in range(rng.randint(1, max_steps)))
+def base_problem(rng: random.Random, max_number: int, max_steps: int, ops: str | None = None) -> dict[str, str]:
+    """A Q/A problem of 1..max_steps steps (or exactly `ops`) composed from the base's phrase bank."""
+    ops = ops or "".join(rng.choice("+-") for _ in range(rng.randint(1, max_steps)))
     values, response, total = _solve(ops, max_number, rng)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     parts = [rng.choice(BASE_STARTS).format(n=name, x=item, v=values[0])]
     parts += [rng.choice(BASE_STEPS[op]).format(n=name, v=v) for op, v in zip(ops, values[1:])]
     parts.append(rng.choice(BASE_QUESTIONS))
     return _row(" ".join(parts), response, total)
+
+
+def general_problems(n: int, max_number: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
+    """Held-out 2-step problems of the base's phrase bank; prompts in `exclude` (the base's
+    pre-training problems) are skipped, so none was seen in pre-training."""
+    rng = random.Random(f"general:{seed}")
+    rows: list[dict[str, str]] = []
+    while len(rows) < n:
+        ops = rng.choice(("++", "+-", "-+", "--"))
+        p = base_problem(rng, max_number, len(ops), ops=ops)
+        if p["prompt"] + p["response"] not in exclude:
+            rows.append(p)
+    return rows
 
 
 def generate(split: Split, n: int, seed: int) -> list[dict[str, str]]:

@@ -1,0 +1,121 @@
+"""Typed config of `rayrejuv demo`: the paper's ablation in miniature, the single source of its
+defaults. `--quick` applies QUICK on top (a smoke run of a few minutes); YAML and flags override.
+
+The recipe (rungs, alpha, learning rate, steps) was measured on the default tiny world; the
+closing notes of issue 7 and docs/demo.md give the numbers behind each choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from rayrejuv.config import (
+    RayConfig,
+    TinyModelConfig,
+    TrackingConfig,
+    WorldDataConfig,
+    WorldTrainConfig,
+    _Config,
+)
+
+
+class DemoWorld(_Config):
+    """The tiny world the demo builds (or reuses) under OUT/testbed."""
+
+    seed: int = Field(0, description="seed of the world's data, initialisation and data order")
+    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    # RL on the SFT distribution, as in the paper (SFT and RL on math): measured, the wide split's
+    # 3-step half is out of every SFT rung's reach (each writes 2 steps), so it gives no signal
+    data: WorldDataConfig = Field(default_factory=lambda: WorldDataConfig(rl_distribution="id"))
+    train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
+
+
+class DemoRungs(_Config):
+    modsft_epoch: float = Field(2.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
+    oversft_epoch: float = Field(32.0, gt=0, description="ladder epoch used as OverSFT (over-trained)")
+
+
+class DemoRejuvenation(_Config):
+    alpha: float = Field(0.6, ge=0.0, le=1.0, description="fusion weight of OverSFT (Eq. 1)")
+    reset_ratio: float = Field(0.01, gt=0.0, lt=1.0, description="fraction rho of neurons reset (Eq. 4)")
+    omega: float = Field(1.0, ge=0.0, le=1.0, description="reset strength (Eq. 5)")
+    tokens_per_example: int = Field(8, ge=1, description="N target tokens per calibration example")
+
+
+class DemoRL(_Config):
+    """The one GRPO recipe every start gets (same data, prompts, hyperparameters and seeds)."""
+
+    steps: int = Field(40, ge=1, description="GRPO steps per run")
+    prompts_per_step: int = Field(8, ge=1, description="prompts per step")
+    group_size: int = Field(8, ge=2, description="samples per prompt")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the start")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    max_new_tokens: int = Field(48, ge=1, description="completion length limit")
+    concurrent: int = Field(2, ge=1, description="RL runs at a time (each holds about one core on CPU)")
+
+
+class DemoEval(_Config):
+    examples: int = Field(200, ge=1, description="prompts per eval split (greedy pass@1)")
+    max_new_tokens: int = Field(48, ge=1, description="generation length")
+    diagnose_k: int = Field(8, ge=1, description="k of the diagnosis' pass@k")
+
+
+class DemoConfig(_Config):
+    out: Path = Field(Path("rayrejuv-demo"), description="working directory (re-run to resume)")
+    seeds: int = Field(3, ge=1, description="RL seeds per start")
+    seed: int = Field(0, description="first RL seed; the runs use seed, seed+1, ...")
+    quick: bool = Field(False, description="smoke run: a smaller world, fewer and shorter RL runs")
+    overwrite: bool = Field(False, description="delete OUT's previous demo (other settings) and start again")
+    world: DemoWorld = Field(default_factory=DemoWorld)
+    rungs: DemoRungs = Field(default_factory=DemoRungs)
+    rejuvenation: DemoRejuvenation = Field(default_factory=DemoRejuvenation)
+    rl: DemoRL = Field(default_factory=DemoRL)
+    eval: DemoEval = Field(default_factory=DemoEval)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _rungs_on_ladder(self) -> DemoConfig:
+        ladder = self.world.train.sft_epochs
+        for name in ("modsft_epoch", "oversft_epoch"):
+            e = getattr(self.rungs, name)
+            if e not in ladder:
+                raise ValueError(
+                    f"rungs.{name}={e:g} is not a saved ladder epoch {ladder}: pick one of them, or add it to "
+                    "world.train.sft_epochs"
+                )
+        if not self.rungs.modsft_epoch < self.rungs.oversft_epoch:
+            raise ValueError("rungs.modsft_epoch must be smaller than rungs.oversft_epoch")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def fingerprint(self) -> dict:
+        """What a resumed demo must share with the one it continues."""
+        return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds"})
+
+
+# `--quick`: every phase runs for real, on a world and budget small enough for a test.
+QUICK: dict[str, Any] = {
+    "seeds": 2,
+    "world": {
+        "model": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2},
+        "data": {
+            "sft_examples": 96,
+            "calibration_examples": 16,
+            "rl_train_examples": 64,
+            "eval_examples": 24,
+            "pretrain_texts": 512,
+        },
+        "train": {"pretrain_epochs": 1.0, "sft_epochs": [1.0, 4.0]},
+    },
+    "rungs": {"modsft_epoch": 1.0, "oversft_epoch": 4.0},
+    "rl": {"steps": 3, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 32},
+    "eval": {"examples": 24, "max_new_tokens": 32, "diagnose_k": 4},
+}
