@@ -41,6 +41,7 @@ class Meter:
         names = sorted(self.sums)
         t = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
         if _world() > 1:
+            t = t.to(_collective_device())
             torch.distributed.all_reduce(t)
         return {n: float(s / w) if w else 0.0 for n, (s, w) in zip(names, t.tolist())}
 
@@ -53,9 +54,18 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def _collective_device() -> torch.device:
+    """Where a tensor must live for a collective: NCCL reduces CUDA tensors only (a CPU tensor
+    raises "No backend type associated with device type cpu"), gloo CPU tensors."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _global_sum(x: float) -> float:
     t = torch.tensor([x], dtype=torch.float64)
     if _world() > 1:
+        t = t.to(_collective_device())
         torch.distributed.all_reduce(t)
     return float(t)
 
