@@ -122,10 +122,11 @@ def attribute_targets(
         row_keys = list(cap.rows)
         row_outputs = [cap.rows[k] for k in row_keys]
         for k in range(positions.shape[1]):
-            ok = valid[:, k].to(device)
+            ok_cpu = valid[:, k]  # positions and valid live on the CPU: index them with a CPU mask
+            ok = ok_cpu.to(device)
             if not bool(ok.any()):
                 continue
-            b, t = rows[ok], positions[ok, k].to(device)  # (K,)
+            b, t = rows[ok], positions[ok_cpu, k].to(device)  # (K,)
             target = input_ids[b, t + 1]  # teacher-forced next token
             u = centred_unembedding(w_unembed, target)  # (K, D)
             x = cap.final_in[b, t]  # (K, D), carries the graph
