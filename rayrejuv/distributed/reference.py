@@ -28,4 +28,6 @@ class ReferenceWorker:
             completion_logprobs(self.model, batch.select(slice(i, i + self.micro)).to(self.device), temperature).cpu()
             for i in range(0, len(batch), self.micro)
         ]
+        if self.device.type == "cuda":  # free the (micro, T, V) logits' blocks for a learner sharing the GPU
+            torch.cuda.empty_cache()
         return torch.cat(parts)

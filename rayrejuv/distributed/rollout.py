@@ -65,7 +65,11 @@ class HFRolloutWorker:
         return version
 
     def sleep(self) -> None:
-        """Nothing to free: the hf backend keeps its weights resident."""
+        """The hf backend keeps its weights resident; on CUDA it returns the caching allocator's
+        free blocks (generate's scores: N x V floats per new token) to a GPU it may share with
+        the learner and the reference."""
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def policy_version(self) -> int:
         return self.version
