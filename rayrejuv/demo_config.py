@@ -20,6 +20,7 @@ from rayrejuv.config import (
     WorldTrainConfig,
     _Config,
 )
+from rayrejuv.rl_config import LearnerConfig, RolloutConfig
 
 
 class DemoWorld(_Config):
@@ -34,7 +35,7 @@ class DemoWorld(_Config):
 
 
 class DemoRungs(_Config):
-    modsft_epoch: float = Field(2.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
+    modsft_epoch: float = Field(4.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
     oversft_epoch: float = Field(32.0, gt=0, description="ladder epoch used as OverSFT (over-trained)")
 
 
@@ -56,6 +57,8 @@ class DemoRL(_Config):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     max_new_tokens: int = Field(48, ge=1, description="completion length limit")
     concurrent: int = Field(2, ge=1, description="RL runs at a time (each holds about one core on CPU)")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="rollout actors (hf or vllm)")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Ray Train learner (DDP or DeepSpeed)")
 
 
 class DemoEval(_Config):

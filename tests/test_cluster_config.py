@@ -8,11 +8,13 @@ import pytest
 import yaml
 
 from rayrejuv.config import RejuvenateConfig, load_yaml, validate_config
+from rayrejuv.demo_config import DemoConfig
 from rayrejuv.rl_config import RLConfig
+from rayrejuv.tune_config import TuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").rglob("*.yaml"))
-MODELS = {"rejuvenate": RejuvenateConfig, "rl": RLConfig}
+MODELS = {"rejuvenate": RejuvenateConfig, "rl": RLConfig, "tune": TuneConfig, "demo": DemoConfig}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_cluster_yaml_start_commands_and_auth(cluster):
 
 def test_there_are_job_configs():
     names = {p.relative_to(ROOT / "jobs").as_posix() for p in JOBS}
-    assert {"rejuvenate/cpu.yaml", "rejuvenate/gpu.yaml", "rl/cpu.yaml", "rl/gpu.yaml"} <= names
+    assert {f"{c}/{p}.yaml" for c in MODELS for p in ("cpu", "gpu")} <= names
 
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.relative_to(ROOT / "jobs").as_posix())
@@ -61,6 +63,18 @@ def test_job_config_validates_as_is(path):
         assert cfg.learner.use_gpu and cfg.learner.engine == "deepspeed" and cfg.learner.zero_stage == 2
     if path.stem == "gpu" and command == "rejuvenate":
         assert cfg.device.startswith("cuda")
+    if command == "demo":  # the RLConfig each run gets validates too
+        from rayrejuv.config import TrackingConfig
+        from rayrejuv.pipelines.demo import rl_config
+        from rayrejuv.pipelines.testbed import WorldLayout
+
+        run = rl_config(cfg, WorldLayout(Path("/w")), Path("/w/m"), 0, Path("/w/rl"), TrackingConfig(), "rl")
+        assert (run.rollout.backend == "vllm" and run.learner.use_gpu) == (path.stem == "gpu")
+    if command == "tune":
+        from rayrejuv.pipelines.tune import probe_config
+
+        probe = probe_config(cfg, Path("/x/rejuvenated"), Path("/x/probe"))  # the probe's RLConfig validates
+        assert (probe.rollout.backend == "vllm" and probe.learner.use_gpu) == (path.stem == "gpu")
 
 
 def test_job_configs_are_documented():

@@ -278,6 +278,7 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
         "-m",
         "rayrejuv",
         "demo",
+        "--quick",
         "--out",
         str(out),
         "--tracking-uri",
@@ -296,9 +297,9 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
         return _ray(env, "job", "logs", f"--address={cluster.dashboard_url}", job_id).stdout[-4000:]
 
     try:
-        final = _wait(f"job {job_id}", status, timeout=480, every=3)
+        final = _wait(f"job {job_id}", status, timeout=900, every=3)
     except TimeoutError:
-        pytest.fail(f"job {job_id} did not finish in 480 s:\n{logs()}")
+        pytest.fail(f"job {job_id} did not finish in 900 s:\n{logs()}")
     seconds = time.monotonic() - t0
     assert final == "SUCCEEDED", logs()
     print(f"job {job_id} SUCCEEDED in {seconds:.1f}s")
@@ -315,3 +316,44 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
     assert runs, "no run reached the MLflow server"
     assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
     assert len(runs) >= len(reports) and any(run.data.params for run in runs)
+    _check_demo_outputs(out, runs)
+
+
+def _check_demo_outputs(out: Path, runs) -> None:
+    """results.json follows the issue's schema and agrees with the checkpoints it came from; every
+    phase is a child run of the demo's one parent run."""
+    from rayrejuv.demo_results import STARTS
+    from rayrejuv.models.evaluate import score_checkpoint
+    from rayrejuv.pipelines.demo import EvalSets
+    from rayrejuv.pipelines.testbed import WorldLayout
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == [0, 1] and list(res["rows"]) == list(STARTS)
+    for row in res["rows"].values():
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1]
+        for k in ("id_after", "ood_after"):
+            assert row[k] == pytest.approx(sum(r[k] for r in row["per_seed"]) / 2, abs=1e-12)
+        assert all(0.0 <= row[k] <= 1.0 for k in ("id_before", "id_after", "ood_before", "ood_after"))
+        assert row["entropy_before"] > 0 and all(len(r["rewards"]) == 3 for r in row["per_seed"])
+    for name in ("table.md", "pass_at_1.png", "rewards.png"):
+        assert (out / name).stat().st_size > 0
+    # the numbers re-measured from the checkpoints they name (greedy decoding: exact)
+    from rayrejuv.demo_config import QUICK, DemoConfig
+
+    cfg = DemoConfig.model_validate({**QUICK, "out": out})
+    evals = EvalSets.of(cfg, WorldLayout(out / "testbed"))
+    start = score_checkpoint(out / "oversft_rejuvenation", evals.splits(), evals.entropy_rows, 32)
+    row = res["rows"]["oversft_rejuvenation"]
+    assert (start["id"], start["ood"]) == (row["id_before"], row["ood_before"])
+    assert start["entropy"] == pytest.approx(row["entropy_before"], rel=1e-6)
+    run = res["rows"]["modsft"]["per_seed"][1]
+    final = score_checkpoint(Path(run["run_dir"]) / "final", evals.splits(), evals.entropy_rows, 32)
+    assert (final["id"], final["ood"]) == (run["id_after"], run["ood_after"])
+
+    parents = [r for r in runs if r.info.run_name == "demo"]
+    assert len(parents) == 1
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    expected = {"testbed", "diagnose", "oversft_fusion", "oversft_rejuvenation"}
+    expected |= {f"rl:{s}:seed-{k}" for s in STARTS for k in (0, 1)}
+    assert expected <= children, expected - children
+    assert parents[0].data.metrics["oversft_rejuvenation.id_after"] == pytest.approx(row["id_after"])

@@ -231,6 +231,8 @@ def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, trackin
             "max_new_tokens": r.max_new_tokens,
             "micro_batch_size": r.prompts_per_step * r.group_size,
         },
+        rollout=r.rollout,
+        learner=r.learner,
         ray=cfg.ray,
         tracking=tracking.model_copy(update={"run_name": name}),
     )
@@ -269,7 +271,13 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
     import ray
     from tqdm.auto import tqdm
 
+    from rayrejuv.pipelines.rl import cpu_demand
+
     task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: its actors and learner hold the CPUs
+    # never more runs than the cluster holds at once: two half-started runs could each hold the CPU
+    # the other's learner waits for (a deadlock)
+    demand = cpu_demand(rl_config(cfg, world, starts["modsft"], cfg.seed, directory, tracking, "probe"))
+    concurrent = max(1, min(cfg.rl.concurrent, int(ray.cluster_resources().get("CPU", 0) // demand)))
     todo = [
         (start, seed)
         for seed in cfg.seed_list
@@ -279,7 +287,7 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
     done: dict[str, list[dict]] = {s: [] for s in STARTS}
     bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
     while todo or running:
-        while todo and len(running) < cfg.rl.concurrent:
+        while todo and len(running) < concurrent:
             start, seed = todo.pop(0)
             rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}", tracking,
                              f"rl:{start}:seed-{seed}")
