@@ -89,15 +89,16 @@ def test_unknown_yaml_key_is_refused(tmp_path, make_pair):
     assert r.returncode == 2 and "alpha_: Extra inputs are not permitted" in r.stderr
 
 
-def test_demo_builds_and_rejuvenates_tiny_models(tmp_path):
-    from rayrejuv.config import TrackingConfig
-    from rayrejuv.pipelines.demo import run_demo
-
-    summary = run_demo(tmp_path / "demo", seed=0, tracking=TrackingConfig(enabled=False), progress=False)
-    h = summary["entropy"]
-    assert h["sft"] < h["base"]  # the over-trained model is over-confident
-    assert h["fusion"] > h["sft"] and h["rejuvenation"] > h["sft"]  # rejuvenation restores entropy
-    assert summary["runs"]["rejuvenation"]["reset_count"] > 0 == summary["runs"]["fusion"]["reset_count"]
+def test_demo_cli_refuses_bad_input_before_starting_anything(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    r = _cli("demo", "--out", tmp_path / "foreign", "--no-track", cwd=tmp_path)
+    assert r.returncode == 2 and "is not a rayrejuv demo directory" in r.stderr
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump({"rungs": {"oversft_epoch": 3}}))
+    r = _cli("demo", "--config", cfg, "--out", tmp_path / "d", "--no-track", cwd=tmp_path)
+    assert r.returncode == 2 and "rungs.oversft_epoch=3 is not a saved ladder epoch" in r.stderr
+    assert not (tmp_path / "d").exists() and (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
 def test_testbed_build_cli_with_yaml_and_mlflow(tmp_path):
