@@ -15,20 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import load_tensors, rejuv_config
+from test_rl import records
+from test_rl import rl_config as cpu_rl_config
+
+from rayrejuv.config import merge_overrides
 
 pytestmark = pytest.mark.gpu
 
 # the adder task of tests/test_rl.py, on one GPU: the rollout actor, the reference actor and the
 # learner worker each reserve a share of it (0.25 + 0.25 + 0.5 = 1 GPU)
-RL = {
-    "grpo": {"prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8, "lr": 1e-3, "beta": 0.01},
+GPU = {
     "rollout": {"device": "cuda", "gpus_per_worker": 0.25, "reference_gpus": 0.25},
     "learner": {"use_gpu": True, "gpus_per_worker": 0.5, "engine": "ddp"},
-    "eval_every": 10,
-    "eval_examples": 64,
-    "eval_k": 8,
-    "checkpoint_every": 10,
-    "tracking": {"enabled": False},
 }
 
 
@@ -56,17 +54,8 @@ def adder(tmp_path_factory):
 
 
 def rl_config(adder, out, **kw):
-    from rayrejuv.config import merge_overrides
-    from rayrejuv.rl_config import RLConfig
-
-    values = merge_overrides(
-        {**RL, "model": adder["model"], "train_data": adder["train"], "eval_data": adder["eval"], "out": out}, kw
-    )
-    return RLConfig.model_validate(values)
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """tests/test_rl.py's run config, with the GPU shares on top."""
+    return cpu_rl_config(adder, out, **merge_overrides(GPU, kw))
 
 
 @pytest.fixture(scope="module")
