@@ -183,9 +183,10 @@ class WorldDataConfig(_Config):
         "(the rest is generic equation text); 0 gives a base that never saw the task format",
     )
     pretrain_qa_max_steps: int = Field(3, ge=1, description="most steps of a pre-training Q/A problem")
-    rl_distribution: Literal["id", "wide"] = Field(
+    rl_distribution: Literal["id", "hard", "wide"] = Field(
         "wide",
-        description="RL prompts: 'id' = the SFT distribution; 'wide' = ID templates plus their 3-step "
+        description="RL prompts: 'id' = the SFT distribution; 'hard' = the ID templates with numbers up to "
+        "ood_max; 'wide' = ID templates plus their 3-step "
         "variants with numbers up to ood_max",
     )
 

@@ -50,26 +50,42 @@ def aggregate(seeds: list[int], before: dict[str, dict], per_seed: dict[str, lis
     return {"seeds": list(seeds), "rows": rows, "findings": findings(rows)}
 
 
+def _seeds_where(better: dict, worse: dict, key: str) -> int:
+    """Seeds (paired: every start runs the same seeds) on which `better[key]` beats `worse[key]`,
+    a seed's value being after-RL minus `key`'s before-RL level for gains."""
+
+    def per_seed(row: dict) -> list[float]:
+        if key == "id_gain":
+            return [r["id_after"] - row["id_before"] for r in row["per_seed"]]
+        return [r[key] for r in row["per_seed"]]
+
+    return sum(b > w for b, w in zip(per_seed(better), per_seed(worse)))
+
+
 def findings(rows: dict[str, dict]) -> dict[str, dict]:
-    """The paper's claims, each with the numbers it was decided on (means over seeds)."""
+    """The paper's claims, each decided on the means over seeds, with the number of seeds on which
+    it holds (seed-paired) beside it, and the numbers it was decided on."""
     mod, over, rejuv = rows["modsft"], rows["oversft"], rows["oversft_rejuvenation"]
     return {
         "oversft_gains_less_than_modsft": {
             "holds": over["id_gain"] < mod["id_gain"],
+            "seeds_holding": _seeds_where(mod, over, "id_gain"),
             "oversft_id_gain": over["id_gain"],
             "modsft_id_gain": mod["id_gain"],
         },
         "rejuvenation_beats_oversft_after_rl_id": {
             "holds": rejuv["id_after"] > over["id_after"],
+            "seeds_holding": _seeds_where(rejuv, over, "id_after"),
             "rejuvenation": rejuv["id_after"],
             "oversft": over["id_after"],
         },
         "rejuvenation_beats_oversft_after_rl_ood": {
             "holds": rejuv["ood_after"] > over["ood_after"],
+            "seeds_holding": _seeds_where(rejuv, over, "ood_after"),
             "rejuvenation": rejuv["ood_after"],
             "oversft": over["ood_after"],
         },
-        "rejuvenation_restores_entropy": {
+        "rejuvenation_restores_entropy": {  # before RL: greedy and teacher-forced, so seed-free
             "holds": over["entropy_before"] < rejuv["entropy_before"],
             "oversft": over["entropy_before"],
             "rejuvenation": rejuv["entropy_before"],
@@ -99,8 +115,10 @@ def markdown(results: dict, id_name: str, ood_name: str) -> str:
         )
     lines.append("")
     lines.append(f"After-RL columns: mean ± sample std over {n} seed(s) {results['seeds']}; before-RL columns are")
-    lines.append("greedy, so seed-free. Findings (means):")
+    lines.append("greedy, so seed-free. Findings (decided on the means; seeds: on how many paired seeds it holds):")
     for name, f in results["findings"].items():
-        numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k != "holds")
-        lines.append(f"- {name.replace('_', ' ')}: **{'holds' if f['holds'] else 'does not hold'}** ({numbers})")
+        numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k not in ("holds", "seeds_holding"))
+        seeds = f", {f['seeds_holding']} of {n} seeds" if "seeds_holding" in f else ""
+        verdict = "holds" if f["holds"] else "does not hold"
+        lines.append(f"- {name.replace('_', ' ')}: **{verdict}**{seeds} ({numbers})")
     return "\n".join(lines) + "\n"

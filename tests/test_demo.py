@@ -40,9 +40,33 @@ def test_aggregate_means_spreads_and_gains_are_exact():
     f = res["findings"]
     # gains rise with the start's index here: OverSFT (1) gains more than ModSFT (0)
     assert not f["oversft_gains_less_than_modsft"]["holds"]
+    assert f["oversft_gains_less_than_modsft"]["seeds_holding"] == 0
     assert f["rejuvenation_beats_oversft_after_rl_id"]["holds"]
+    assert f["rejuvenation_beats_oversft_after_rl_id"]["seeds_holding"] == 3
     assert not f["rejuvenation_restores_entropy"]["holds"]  # entropy falls with the index here
     json.dumps(res)  # results.json is plain JSON
+
+
+def test_findings_count_the_paired_seeds_on_which_they_hold():
+    seeds = [0, 1, 2]
+    before, per_seed = _fake(seeds)
+    # OverSFT (ID after 0.12, 0.14, 0.16) beats Rejuvenation on seed 1 only; the mean still favours
+    # Rejuvenation (0.35 vs 0.14)
+    per_seed["oversft_rejuvenation"][1]["id_after"] = 0.13
+    per_seed["oversft_rejuvenation"][2]["id_after"] = 0.80
+    # ModSFT gains 0.01, 0.02, 0.03; OverSFT 0.02, 0.04, 0.06 -> lowered below ModSFT's on seed 2
+    per_seed["oversft"][2]["id_after"] = 0.1 + 0.025
+    res = aggregate(seeds, before, per_seed)
+    f = res["findings"]
+    rid = f["rejuvenation_beats_oversft_after_rl_id"]
+    assert rid["holds"] and rid["seeds_holding"] == 2
+    assert rid["rejuvenation"] == pytest.approx((0.34 + 0.13 + 0.80) / 3, abs=1e-12)
+    gains = f["oversft_gains_less_than_modsft"]
+    assert gains["seeds_holding"] == 1 and not gains["holds"]  # mean gain 0.028 > ModSFT's 0.02
+    assert f["rejuvenation_beats_oversft_after_rl_ood"]["seeds_holding"] == 3
+    text = markdown(res, "ID", "GENERAL")
+    assert "rejuvenation beats oversft after rl id: **holds**, 2 of 3 seeds (rejuvenation 0.423" in text
+    assert "rejuvenation restores entropy: **does not hold** (oversft" in text  # seed-free: no count
 
 
 def test_aggregate_refuses_missing_or_misordered_seeds():
@@ -64,7 +88,7 @@ def test_markdown_table_has_every_start_and_finding():
 
 def test_config_defaults_quick_and_errors(tmp_path):
     cfg = DemoConfig()
-    assert cfg.seed_list == [0, 1, 2] and cfg.world.data.rl_distribution == "id"
+    assert cfg.seed_list == [0, 1, 2] and cfg.world.data.rl_distribution == "hard"
     quick = validate_config(DemoConfig, merge_overrides(QUICK, {"seeds": 3, "seed": 10}))
     assert quick.seed_list == [10, 11, 12] and quick.rungs.oversft_epoch == 4.0 and quick.rl.steps == 3
     with pytest.raises(RejuvError, match="rungs.oversft_epoch=5 is not a saved ladder epoch"):

@@ -88,19 +88,33 @@ def test_pretraining_shows_the_format_but_never_the_id_phrasing():
     assert all("####" not in r["response"] and "Q:" not in r["response"] for r in plain)
 
 
-def test_general_split_is_held_out_base_phrasing_at_id_difficulty():
-    rows = task.general_problems(300, 20, 0, exclude=set())
+def test_general_split_is_held_out_base_distribution():
+    rows = task.general_problems(300, 20, 3, 0, exclude=set())
+    steps = set()
     for r in rows:
         words = set(r["prompt"].replace(".", " ").split())
         assert not words & set(ID_VERBS), r["prompt"]
-        assert _check_solution(r) == 2
+        n_steps = _check_solution(r)
+        steps.add(n_steps)
         numbers = [int(x) for x in r["prompt"].replace(".", " ").split() if x.isdigit()]
-        assert len(numbers) == 3 and max(numbers) <= 20
-    assert rows == task.general_problems(300, 20, 0, exclude=set())  # deterministic
+        assert len(numbers) == n_steps + 1 and max(numbers) <= 20
+    assert steps == {1, 2, 3}  # the base's whole Q/A distribution, one-step problems included
+    assert rows == task.general_problems(300, 20, 3, 0, exclude=set())  # deterministic
     # excluded texts (the base's pre-training problems) are skipped, and only those
     seen = {r["prompt"] + r["response"] for r in rows[:10]}
-    again = task.general_problems(290, 20, 0, exclude=seen)
+    again = task.general_problems(290, 20, 3, 0, exclude=seen)
     assert again == rows[10:300]
+
+
+def test_hard_split_is_the_id_task_with_larger_numbers():
+    rows = task.generate(task.default_splits(20, 30)["hard"], 300, seed=0)
+    slot = r"\\\{\w+\\\}"  # an escaped {n}, {x}, {v0} ...
+    id_prompts = [re.compile("Q: " + re.sub(slot, r"\\w+", re.escape(t)) + " A:") for t, _ in task.ID_TEMPLATES]
+    for r in rows:
+        assert _check_solution(r) == 2
+        assert any(p.fullmatch(r["prompt"]) for p in id_prompts), r["prompt"]
+    numbers = [int(x) for r in rows for x in re.findall(r"\d+", r["prompt"])]
+    assert max(numbers) == 30  # beyond the SFT range (id_max 20), within the base's (ood_max 30)
 
 
 def test_tokenizer_round_trip(tokenizer):
@@ -118,7 +132,7 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     m = build_testbed(cfg, progress=False)
     layout = WorldLayout(tmp_path / "tb")
     assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
-    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide", "eval_general"):
+    for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_hard", "eval_wide", "eval_general"):
         rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
         assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
         assert set(rows[0]) == (

@@ -165,8 +165,9 @@ def rejuvenate_oversft(cfg: DemoConfig, world, out: Path, tracking: TrackingConf
 
 class EvalSets:
     """In distribution = held-out prompts of the distribution RL trains on; out of distribution =
-    `eval_general`, the base's own Q/A phrasing at the same difficulty, which SFT and RL never show
-    (what over-training makes the model forget). Entropy: teacher-forced on the ID responses."""
+    `eval_general`, held-out problems of the base's own Q/A distribution, which SFT and RL never
+    show (what over-training makes the model forget). Entropy: teacher-forced on the SFT (eval_id)
+    responses, the distribution over-training collapses."""
 
     def __init__(self, id_name: str, id_rows: list[dict], ood_rows: list[dict], entropy_rows: list[dict]):
         self.id_name, self.ood_name = id_name, "general"
@@ -176,7 +177,7 @@ class EvalSets:
     def of(cls, cfg: DemoConfig, world) -> EvalSets:
         from rayrejuv.data.jsonl import read_jsonl
 
-        id_name = "eval_wide" if cfg.world.data.rl_distribution == "wide" else "eval_id"
+        id_name = f"eval_{cfg.world.data.rl_distribution}"  # every RL distribution has its held-out eval
         n = cfg.eval.examples
 
         def rows(name: str) -> list[dict]:

@@ -5,7 +5,7 @@
                                 other phrasings (it knows the format, not the ID task)
     DIR/sft/epoch-<e>/          the SFT ladder (constant LR, same data order), e = 0.5 ... 32
     DIR/data/*.jsonl            sft, calibration (prompt/response); rl_train, eval_id, eval_ood,
-                                eval_wide, eval_general (prompt/answer, with the worked response)
+                                eval_hard, eval_wide, eval_general (prompt/answer, with the worked response)
     DIR/testbed.json            the config it was built with, timings, losses
 
 Every step is cached: a re-run reuses what exists and resumes an interrupted ladder from its
@@ -34,7 +34,7 @@ from rayrejuv.timing import PhaseTimer
 from rayrejuv.tracking import tracked_run
 
 MANIFEST = "testbed.json"
-DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_wide", "eval_general")
+DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_hard", "eval_wide", "eval_general")
 
 
 @dataclass(frozen=True)
@@ -121,18 +121,21 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
         d.sft_examples + d.calibration_examples,
         d.sft_examples + d.calibration_examples + d.rl_train_examples,
     )
-    # The wide pool: RL prompts (when rl_distribution is 'wide') and a held-out eval on the same
-    # distribution, so RL gains can be measured where RL trained.
-    wide = task.generate(splits["wide"], d.rl_train_examples + d.eval_examples, seed)
+    # Pools of the harder RL distributions: RL prompts (when chosen by rl_distribution) and a
+    # held-out eval on the same distribution, so RL gains are measured where RL trained.
+    n_rl = d.rl_train_examples
+    wider = {name: task.generate(splits[name], n_rl + d.eval_examples, seed) for name in ("hard", "wide")}
+    rl_pools = {"id": pool[b:c], **{name: rows[:n_rl] for name, rows in wider.items()}}
     rows = {
         "sft": pool[:a],
         "calibration": pool[a:b],
-        "rl_train": pool[b:c] if d.rl_distribution == "id" else wide[: d.rl_train_examples],
+        "rl_train": rl_pools[d.rl_distribution],
         "eval_id": pool[c:],
         "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
-        "eval_wide": wide[d.rl_train_examples :],
+        **{f"eval_{name}": rows[n_rl:] for name, rows in wider.items()},
         "eval_general": task.general_problems(
-            d.eval_examples, d.id_max, seed, exclude={r["response"] for r in _pretraining_rows(cfg)}
+            d.eval_examples, d.id_max, d.pretrain_qa_max_steps, seed,
+            exclude={r["response"] for r in _pretraining_rows(cfg)},
         ),
     }
     fields = {"sft": ("prompt", "response"), "calibration": ("prompt", "response")}

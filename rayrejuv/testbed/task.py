@@ -8,11 +8,15 @@ distributions, all built by one solver so their worked solutions share one forma
   - id:   the SFT distribution: 2 steps, numbers 0..id_max, templates 0..2 (own verbs)
   - ood:  3 steps, numbers up to ood_max, templates the SFT set never shows but whose verbs the
           base knows: reachable from the base, so SFT can forget it and fusion can bring it back
-  - general: held-out problems of the base's own Q/A phrasing, at the ID difficulty (2 steps,
-          numbers 0..id_max): what SFT on the ID phrasing makes the model forget (the paper's
-          out-of-domain abilities), and what fusion with the base can keep
-  - wide: the RL prompts: the ID templates and their 3-step variants with numbers up to
-          ood_max, a superset of the SFT distribution where an over-fitted model has room to fail
+  - general: held-out problems of the base's own Q/A distribution (1..3 steps, numbers
+          0..id_max): what SFT on the ID phrasing makes the model forget (the paper's out-of-domain
+          abilities; measured: SFT makes every answer two steps, so the base's one-step problems
+          fall from 0.43 to 0.06), and what fusion with the base can keep
+  - hard: the ID templates (2 steps) with numbers up to ood_max: the SFT task made harder, where
+          every SFT rung is half right and RL has room to improve (the demo's RL distribution,
+          as the paper's RL prompts are harder math than its SFT data)
+  - wide: the ID templates and their 3-step variants with numbers up to ood_max, a superset of
+          the SFT distribution (measured: out of every SFT rung's reach, each writes 2 steps)
 The generator is a pure function of (split, seed, index): reproducible anywhere.
 """
 
@@ -66,6 +70,7 @@ def default_splits(id_max: int = 20, ood_max: int = 40) -> dict[str, Split]:
     return {
         "id": Split("id", ID_TEMPLATES, id_max),
         "ood": Split("ood", OOD_TEMPLATES, ood_max),
+        "hard": Split("hard", ID_TEMPLATES, ood_max),
         "wide": Split("wide", WIDE_TEMPLATES, ood_max),
     }
 
@@ -111,14 +116,14 @@ def base_problem(rng: random.Random, max_number: int, max_steps: int, ops: str |
     return _row(" ".join(parts), response, total)
 
 
-def general_problems(n: int, max_number: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
-    """Held-out 2-step problems of the base's phrase bank; prompts in `exclude` (the base's
-    pre-training problems) are skipped, so none was seen in pre-training."""
+def general_problems(n: int, max_number: int, max_steps: int, seed: int, exclude: set[str]) -> list[dict[str, str]]:
+    """Held-out problems of the base's own Q/A distribution (its phrase bank, 1..max_steps steps,
+    numbers 0..max_number); texts in `exclude` (the base's pre-training texts) are skipped, so
+    none was seen in pre-training."""
     rng = random.Random(f"general:{seed}")
     rows: list[dict[str, str]] = []
     while len(rows) < n:
-        ops = rng.choice(("++", "+-", "-+", "--"))
-        p = base_problem(rng, max_number, len(ops), ops=ops)
+        p = base_problem(rng, max_number, max_steps)
         if p["prompt"] + p["response"] not in exclude:
             rows.append(p)
     return rows
