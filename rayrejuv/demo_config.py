@@ -28,11 +28,7 @@ class DemoWorld(_Config):
 
     seed: int = Field(0, description="seed of the world's data, initialisation and data order")
     model: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    # RL on the ID task with numbers up to ood_max ('hard'), as the paper's RL prompts are harder
-    # math than its SFT data. Measured: on the SFT distribution itself ('id') OverSFT is at 0.93
-    # pass@1 and RL has nothing left to gain; the wide split's 3-step half is out of every SFT
-    # rung's reach (each writes 2 steps); on 'hard' every start is at 0.43-0.54 with room to grow.
-    data: WorldDataConfig = Field(default_factory=lambda: WorldDataConfig(rl_distribution="hard"))
+    data: WorldDataConfig = Field(default_factory=WorldDataConfig)  # RL on the 'hard' split
     train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
 
 
