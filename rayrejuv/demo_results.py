@@ -98,9 +98,23 @@ def _pm(s: dict[str, float]) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
-def markdown(results: dict, id_name: str, ood_name: str) -> str:
+def split_labels(results: dict) -> tuple[str, str]:
+    """Column names of the two eval splits, e.g. ("ID (hard)", "OOD (general)")."""
+    return f"ID ({results['id_split']})", f"OOD ({results['ood_split']})"
+
+
+def verdict(finding: dict, n_seeds: int) -> str:
+    """'holds, 3 of 3 seeds' / 'does not hold, 1 of 3 seeds' (no count for seed-free findings)."""
+    text = "holds" if finding["holds"] else "does not hold"
+    if "seeds_holding" in finding:
+        text += f", {finding['seeds_holding']} of {n_seeds} seeds"
+    return text
+
+
+def markdown(results: dict) -> str:
     """The paper's table: pass@1 before/after RL in and out of distribution, the gain, entropy."""
     n = len(results["seeds"])
+    id_name, ood_name = split_labels(results)
     lines = [
         f"| start | entropy before RL | {id_name} before | {id_name} after | {id_name} gain | "
         f"{ood_name} before | {ood_name} after | {ood_name} gain |",
@@ -118,7 +132,6 @@ def markdown(results: dict, id_name: str, ood_name: str) -> str:
     lines.append("greedy, so seed-free. Findings (decided on the means; seeds: on how many paired seeds it holds):")
     for name, f in results["findings"].items():
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k not in ("holds", "seeds_holding"))
-        seeds = f", {f['seeds_holding']} of {n} seeds" if "seeds_holding" in f else ""
-        verdict = "holds" if f["holds"] else "does not hold"
-        lines.append(f"- {name.replace('_', ' ')}: **{verdict}**{seeds} ({numbers})")
+        head, _, seeds = verdict(f, n).partition(", ")
+        lines.append(f"- {name.replace('_', ' ')}: **{head}**{', ' + seeds if seeds else ''} ({numbers})")
     return "\n".join(lines) + "\n"

@@ -30,11 +30,11 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
 
 def print_demo_summary(results: dict) -> None:
     """The paper's table (mean ± std over seeds), the findings, and the time of each phase."""
-    from rayrejuv.demo_results import LABELS, STARTS
+    from rayrejuv.demo_results import LABELS, STARTS, split_labels, verdict
 
     c = Console(width=max(Console().width, 140))
     n = len(results["seeds"])
-    idn, oodn = results["id_split"].upper(), results["ood_split"].upper()
+    idn, oodn = split_labels(results)
     t = Table(title=f"rayrejuv demo: GRPO from four starts, {n} seed(s) {results['seeds']} (after: mean ± std)")
     for col in ("start", "entropy before", f"{idn} before", f"{idn} after", f"{idn} gain", f"{oodn} before",
                 f"{oodn} after", f"{oodn} gain"):
@@ -46,8 +46,8 @@ def print_demo_summary(results: dict) -> None:
                   pm["id_gain"], f"{r['ood_before']:.3f}", pm["ood_after"], pm["ood_gain"])
     c.print(t)
     for name, f in results["findings"].items():
-        mark = "[green]holds[/green]" if f["holds"] else "[red]does not hold[/red]"
-        c.print(f"  {name.replace('_', ' ')}: {mark}")
+        color = "green" if f["holds"] else "red"
+        c.print(f"  {name.replace('_', ' ')}: [{color}]{verdict(f, n)}[/{color}]")
     times = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings_s"].items())
     c.print(f"phases: {times}; wall {results['wall_s']:.0f}s")
     c.print(f"outputs: {results['out']} (results.json, table.md, pass_at_1.png, rewards.png)")

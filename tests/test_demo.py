@@ -56,7 +56,7 @@ def test_findings_count_the_paired_seeds_on_which_they_hold():
     per_seed["oversft_rejuvenation"][2]["id_after"] = 0.80
     # ModSFT gains 0.01, 0.02, 0.03; OverSFT 0.02, 0.04, 0.06 -> lowered below ModSFT's on seed 2
     per_seed["oversft"][2]["id_after"] = 0.1 + 0.025
-    res = aggregate(seeds, before, per_seed)
+    res = aggregate(seeds, before, per_seed) | {"id_split": "hard", "ood_split": "general"}
     f = res["findings"]
     rid = f["rejuvenation_beats_oversft_after_rl_id"]
     assert rid["holds"] and rid["seeds_holding"] == 2
@@ -64,7 +64,7 @@ def test_findings_count_the_paired_seeds_on_which_they_hold():
     gains = f["oversft_gains_less_than_modsft"]
     assert gains["seeds_holding"] == 1 and not gains["holds"]  # mean gain 0.028 > ModSFT's 0.02
     assert f["rejuvenation_beats_oversft_after_rl_ood"]["seeds_holding"] == 3
-    text = markdown(res, "ID", "GENERAL")
+    text = markdown(res)
     assert "rejuvenation beats oversft after rl id: **holds**, 2 of 3 seeds (rejuvenation 0.423" in text
     assert "rejuvenation restores entropy: **does not hold** (oversft" in text  # seed-free: no count
 
@@ -78,9 +78,9 @@ def test_aggregate_refuses_missing_or_misordered_seeds():
 
 def test_markdown_table_has_every_start_and_finding():
     before, per_seed = _fake([0, 1])
-    text = markdown(aggregate([0, 1], before, per_seed), "ID", "GENERAL")
+    text = markdown(aggregate([0, 1], before, per_seed) | {"id_split": "hard", "ood_split": "general"})
     lines = text.splitlines()
-    assert lines[0].startswith("| start | entropy before RL | ID before | ID after")
+    assert lines[0].startswith("| start | entropy before RL | ID (hard) before | ID (hard) after")
     assert sum(line.startswith("| OverSFT") or line.startswith("| ModSFT") for line in lines) == 4
     assert "| 0.015 ± 0.007 |" in lines[2]  # ModSFT's ID after: 0.01, 0.02
     assert text.count("**holds**") + text.count("**does not hold**") == 4

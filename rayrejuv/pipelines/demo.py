@@ -305,7 +305,7 @@ def write_outputs(out: Path, results: dict, per_seed: dict[str, list[dict]], eva
     from rayrejuv.plots import plot_demo_pass_at_1, plot_demo_rewards
 
     atomic_write_text(out / RESULTS, json.dumps(results, indent=1))
-    atomic_write_text(out / "table.md", markdown(results, evals.id_name.upper(), evals.ood_name.upper()))
+    atomic_write_text(out / "table.md", markdown(results))
     plot_demo_pass_at_1(results, out / "pass_at_1.png")
     plot_demo_rewards(per_seed, out / "rewards.png")
 
