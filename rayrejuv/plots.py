@@ -171,23 +171,41 @@ def plot_demo_pass_at_1(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_demo_rewards(per_seed: dict[str, list[dict]], path: Path) -> None:
-    """Mean GRPO reward per step of each start, averaged over seeds (band: min..max)."""
+def _trailing_mean(curves, window: int):
+    """(seeds, steps) -> the same shape, each point the mean of the last `window` steps so far."""
+    import numpy as np
+
+    c = np.cumsum(curves, axis=1)
+    shifted = np.concatenate([np.zeros((c.shape[0], window)), c[:, :-window]], axis=1)[:, : c.shape[1]]
+    counts = np.minimum(np.arange(1, c.shape[1] + 1), window)
+    return (c - shifted) / counts
+
+
+def plot_demo_rewards(per_seed: dict[str, list[dict]], path: Path, window: int = 5) -> None:
+    """Per start, over seeds (line: mean, band: min..max), each curve a trailing mean over `window`
+    steps (a step's reward is 8 prompts' worth: too noisy to read raw): the GRPO reward, and the
+    fraction of groups whose samples all got the same reward (no gradient: the rigidity)."""
     import numpy as np
 
     from rayrejuv.demo_results import LABELS
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for start, runs in per_seed.items():
-        curves = np.array([r["rewards"] for r in runs])  # (seeds, steps)
-        steps = np.arange(1, curves.shape[1] + 1)
-        line = ax.plot(steps, curves.mean(0), label=LABELS[start])[0]
-        ax.fill_between(steps, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("mean reward of the step's samples")
-    ax.set_title("GRPO from each start (one recipe; band = min..max over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    panels = (
+        ("rewards", "mean reward of the step's samples"),
+        ("zero_std_fractions", "groups with zero reward variance"),
+    )
+    for ax, (key, ylabel) in zip(axes, panels):
+        for start, runs in per_seed.items():
+            curves = _trailing_mean(np.array([r[key] for r in runs], dtype=float), window)  # (seeds, steps)
+            steps = np.arange(1, curves.shape[1] + 1)
+            line = ax.plot(steps, curves.mean(0), label=LABELS[start])[0]
+            ax.fill_between(steps, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"GRPO from each start (one recipe; trailing mean over {window} steps; band = min..max over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -116,3 +116,22 @@ def test_claim_resumes_same_settings_and_refuses_others(tmp_path):
     (foreign / "x").write_text("")
     with pytest.raises(RejuvError, match="not a rayrejuv demo directory"):
         claim(foreign, DemoConfig(out=foreign))
+
+
+def test_reward_curves_are_trailing_means_and_plot(tmp_path):
+    import numpy as np
+
+    from rayrejuv.plots import _trailing_mean, plot_demo_rewards
+
+    rng = np.random.default_rng(0)
+    curves = rng.normal(size=(3, 11))
+    for window in (1, 3, 5, 20):  # 20 > steps: a running mean from the first step
+        want = [[curves[s, max(0, t - window + 1) : t + 1].mean() for t in range(11)] for s in range(3)]
+        np.testing.assert_allclose(_trailing_mean(curves, window), want, rtol=0, atol=1e-12)
+    per_seed = {
+        s: [{"rewards": rng.uniform(-1, 1, 7).tolist(), "zero_std_fractions": rng.uniform(0, 1, 7).tolist()}
+            for _ in range(2)]
+        for s in STARTS
+    }
+    plot_demo_rewards(per_seed, tmp_path / "rewards.png")
+    assert (tmp_path / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -261,6 +261,7 @@ def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> dict:
         "zero_std_fraction_first": summary["first"]["reward/zero_std_fraction"],
         "rl_seconds": summary["seconds"],
         "rewards": [r["reward/mean"] for r in rewards if "reward/mean" in r],
+        "zero_std_fractions": [r["reward/zero_std_fraction"] for r in rewards if "reward/mean" in r],
         "run_dir": str(layout.root),
     }
 
