@@ -98,8 +98,10 @@ class DemoConfig(_Config):
         return [self.seed + i for i in range(self.seeds)]
 
     def fingerprint(self) -> dict:
-        """What a resumed demo must share with the one it continues."""
-        return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds"})
+        """What a resumed demo must share with the one it continues. Not the seeds: RL runs live
+        under rl/<start>/seed-<s>, so other or more seeds reuse the world, the rejuvenated
+        checkpoints and every finished run, and results.json reports the seeds asked for."""
+        return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds", "seed"})
 
 
 # `--quick`: every phase runs for real, on a world and budget small enough for a test.

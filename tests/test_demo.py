@@ -105,8 +105,9 @@ def test_claim_resumes_same_settings_and_refuses_others(tmp_path):
     claim(out, cfg)
     (out / "marker").write_text("kept")
     claim(out, cfg.model_copy(update={"seeds": 5}))  # more seeds extend the same demo
+    claim(out, cfg.model_copy(update={"seed": 3}))  # other seeds too (runs live under seed-<s>)
     assert (out / "marker").exists()
-    other = DemoConfig(out=out, seed=7)
+    other = DemoConfig.model_validate({"out": out, "rl": {"lr": 1e-4}})
     with pytest.raises(RejuvError, match="other settings; pass --overwrite"):
         claim(out, other)
     claim(out, other.model_copy(update={"overwrite": True}))
