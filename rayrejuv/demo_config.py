@@ -2,7 +2,8 @@
 defaults. `--quick` applies QUICK on top (a smoke run of a few minutes); YAML and flags override.
 
 The recipe (rungs, alpha, learning rate, steps) was measured on the default tiny world; the
-closing notes of issue 7 and docs/demo.md give the numbers behind each choice.
+closing notes of issue 7 and docs/testbed.md ("Which RL distribution") give the numbers behind
+each choice.
 """
 
 from __future__ import annotations
