@@ -35,31 +35,28 @@ def aggregate(seeds: list[int], before: dict[str, dict], per_seed: dict[str, lis
         runs = per_seed[start]
         if [r["seed"] for r in runs] != list(seeds):
             raise ValueError(f"{start}: runs for seeds {[r['seed'] for r in runs]}, expected {list(seeds)}")
-        row = {k: before[start][k] for k in BEFORE}
+        row = {k: before[start][k] for k in BEFORE} | {"per_seed": runs}
         for k in AFTER:
-            row[k] = spread([r[k] for r in runs])["mean"]
-        gains = {
-            "id_gain": [r["id_after"] - row["id_before"] for r in runs],
-            "ood_gain": [r["ood_after"] - row["ood_before"] for r in runs],
-        }
-        row["id_gain"] = statistics.fmean(gains["id_gain"])
-        row["ood_gain"] = statistics.fmean(gains["ood_gain"])
-        row["spread"] = {k: spread([r[k] for r in runs]) for k in AFTER} | {k: spread(v) for k, v in gains.items()}
-        row["per_seed"] = runs
+            row[k] = spread(_after(row, k))["mean"]
+        gains = {f"{split}_gain": _gains(row, split) for split in ("id", "ood")}
+        row |= {k: statistics.fmean(v) for k, v in gains.items()}
+        row["spread"] = {k: spread(_after(row, k)) for k in AFTER} | {k: spread(v) for k, v in gains.items()}
         rows[start] = row
     return {"seeds": list(seeds), "rows": rows, "findings": findings(rows)}
 
 
-def _seeds_where(better: dict, worse: dict, key: str) -> int:
-    """Seeds (paired: every start runs the same seeds) on which `better[key]` beats `worse[key]`,
-    a seed's value being after-RL minus `key`'s before-RL level for gains."""
+def _after(row: dict, key: str) -> list[float]:
+    return [r[key] for r in row["per_seed"]]
 
-    def per_seed(row: dict) -> list[float]:
-        if key == "id_gain":
-            return [r["id_after"] - row["id_before"] for r in row["per_seed"]]
-        return [r[key] for r in row["per_seed"]]
 
-    return sum(b > w for b, w in zip(per_seed(better), per_seed(worse)))
+def _gains(row: dict, split: str) -> list[float]:
+    """Per seed: pass@1 after RL minus the start's (seed-free) level before it."""
+    return [r[f"{split}_after"] - row[f"{split}_before"] for r in row["per_seed"]]
+
+
+def _wins(better: list[float], worse: list[float]) -> int:
+    """Seeds on which `better` beats `worse` (paired: every start runs the same seeds)."""
+    return sum(b > w for b, w in zip(better, worse, strict=True))
 
 
 def findings(rows: dict[str, dict]) -> dict[str, dict]:
@@ -69,19 +66,19 @@ def findings(rows: dict[str, dict]) -> dict[str, dict]:
     return {
         "oversft_gains_less_than_modsft": {
             "holds": over["id_gain"] < mod["id_gain"],
-            "seeds_holding": _seeds_where(mod, over, "id_gain"),
+            "seeds_holding": _wins(_gains(mod, "id"), _gains(over, "id")),
             "oversft_id_gain": over["id_gain"],
             "modsft_id_gain": mod["id_gain"],
         },
         "rejuvenation_beats_oversft_after_rl_id": {
             "holds": rejuv["id_after"] > over["id_after"],
-            "seeds_holding": _seeds_where(rejuv, over, "id_after"),
+            "seeds_holding": _wins(_after(rejuv, "id_after"), _after(over, "id_after")),
             "rejuvenation": rejuv["id_after"],
             "oversft": over["id_after"],
         },
         "rejuvenation_beats_oversft_after_rl_ood": {
             "holds": rejuv["ood_after"] > over["ood_after"],
-            "seeds_holding": _seeds_where(rejuv, over, "ood_after"),
+            "seeds_holding": _wins(_after(rejuv, "ood_after"), _after(over, "ood_after")),
             "rejuvenation": rejuv["ood_after"],
             "oversft": over["ood_after"],
         },
