@@ -125,14 +125,14 @@ def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict
     # held-out eval on the same distribution, so RL gains are measured where RL trained.
     n_rl = d.rl_train_examples
     wider = {name: task.generate(splits[name], n_rl + d.eval_examples, seed) for name in ("hard", "wide")}
-    rl_pools = {"id": pool[b:c], **{name: rows[:n_rl] for name, rows in wider.items()}}
+    rl_pools = {"id": pool[b:c], **{name: drawn[:n_rl] for name, drawn in wider.items()}}
     rows = {
         "sft": pool[:a],
         "calibration": pool[a:b],
         "rl_train": rl_pools[d.rl_distribution],
         "eval_id": pool[c:],
         "eval_ood": task.generate(splits["ood"], d.eval_examples, seed),
-        **{f"eval_{name}": rows[n_rl:] for name, rows in wider.items()},
+        **{f"eval_{name}": drawn[n_rl:] for name, drawn in wider.items()},
         "eval_general": task.general_problems(
             d.eval_examples, d.id_max, d.pretrain_qa_max_steps, seed,
             exclude={r["response"] for r in _pretraining_rows(cfg)},
