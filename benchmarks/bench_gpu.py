@@ -176,8 +176,8 @@ def plain(work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rayrejuv.method.grpo import group_advantages, grpo_loss
+    from rayrejuv.method.rewards import is_correct
     from rayrejuv.models.logprobs import completion_logits, sample, token_logprobs
-    from rayrejuv.rewards import is_correct
 
     dev = torch.device("cuda")
     model_dir = work / "model"
@@ -248,7 +248,7 @@ def trl(work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rayrejuv.rewards import is_correct
+    from rayrejuv.method.rewards import is_correct
 
     rows = [json.loads(x) for x in (work / "train.jsonl").read_text().splitlines()]
 

@@ -25,9 +25,9 @@ P, G, MAX_NEW, LR = 8, 8, 8, 1e-3
 
 
 def ours(work: Path, steps: int) -> dict:
-    from rayrejuv.config import TrackingConfig
-    from rayrejuv.pipelines.rl import run_rl
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import run_rl
+    from rayrejuv.config.runtime import TrackingConfig
 
     cfg = RLConfig(
         model=work / "model", train_data=work / "train.jsonl", out=work / "ours", steps=steps,
@@ -48,7 +48,7 @@ def trl(work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rayrejuv.rewards import is_correct
+    from rayrejuv.method.rewards import is_correct
 
     torch.set_num_threads(1)  # as our actors: one core for rollouts, one for the learner
     rows = [json.loads(x) for x in (work / "train.jsonl").read_text().splitlines()]

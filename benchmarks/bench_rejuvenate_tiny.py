@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from rayrejuv.config import RejuvenateConfig
-from rayrejuv.pipelines.rejuvenate import rejuvenate
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.rejuvenate.driver import rejuvenate
 from rayrejuv.testbed import arith
 from rayrejuv.testbed.tiny import build_model, perturb, save, tiny_config
 from rayrejuv.testbed.tokenizer import build_char_tokenizer

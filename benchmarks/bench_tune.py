@@ -23,10 +23,10 @@ def main() -> None:
     ap.add_argument("--probe-steps", type=int, default=8)
     args = ap.parse_args()
 
-    from rayrejuv.config import TinyWorldConfig
-    from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
-    from rayrejuv.pipelines.tune import run_tune
-    from rayrejuv.tune_config import TuneConfig
+    from rayrejuv.commands.testbed.config import TinyWorldConfig
+    from rayrejuv.commands.testbed.driver import WorldLayout, build_testbed
+    from rayrejuv.commands.tune.config import TuneConfig
+    from rayrejuv.commands.tune.driver import run_tune
 
     world = TinyWorldConfig(out=args.testbed, tracking={"enabled": False})
     build_testbed(world, progress=True)

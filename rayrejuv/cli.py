@@ -20,7 +20,7 @@ def _tracking(uri: str | None, experiment: str | None, track: bool | None) -> di
 
 def _opt(name: str, *decls: str):
     """A flag whose help and default come from RejuvenateConfig (the single source of defaults)."""
-    from rayrejuv.config import RejuvenateConfig
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 
     field = RejuvenateConfig.model_fields[name]
     default = "" if field.is_required() else f" [default: {field.get_default(call_default_factory=True)}]"
@@ -63,9 +63,10 @@ def rejuvenate(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Base-anchored fusion + targeted neuron reset -> a Hugging Face checkpoint."""
-    from rayrejuv.config import RejuvenateConfig, load_yaml, merge_overrides, validate_config
-    from rayrejuv.pipelines.rejuvenate import rejuvenate as run
-    from rayrejuv.summary import print_rejuvenation_summary
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate as run
+    from rayrejuv.commands.rejuvenate.report import print_rejuvenation_summary
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {k: v for k, v in locals().items() if k not in {"config", "tracking_uri", "experiment", "track", "quiet"}}
     flags = {k: v for k, v in flags.items() if k in RejuvenateConfig.model_fields}
@@ -99,10 +100,10 @@ def rl(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """GRPO on Ray: rollout actors (hf or vLLM), a Ray Train learner (DDP or DeepSpeed), MLflow."""
-    from rayrejuv.config import load_yaml, merge_overrides, validate_config
-    from rayrejuv.pipelines.rl import run_rl
-    from rayrejuv.rl_config import RLConfig
-    from rayrejuv.summary import print_rl_summary
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import run_rl
+    from rayrejuv.commands.rl.report import print_rl_summary
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {
         "model": model,
@@ -141,9 +142,9 @@ def tune(
     quiet: bool = typer.Option(False, "--quiet", help="less output"),
 ) -> None:
     """Ray Tune over alpha, rho, omega, N, selection; each trial = rejuvenate + a short GRPO probe."""
-    from rayrejuv.config import load_yaml, merge_overrides, validate_config
-    from rayrejuv.pipelines.tune import run_tune
-    from rayrejuv.tune_config import TuneConfig
+    from rayrejuv.commands.tune.config import TuneConfig
+    from rayrejuv.commands.tune.driver import run_tune
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {k: v for k, v in locals().items() if k in TuneConfig.model_fields and k not in {"tracking", "ray"}}
     flags["ray"] = {"address": ray_address}
@@ -170,8 +171,9 @@ def testbed_build(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Build (or reuse) the tokenizer, base model, SFT ladder and data files."""
-    from rayrejuv.config import TinyWorldConfig, load_yaml, merge_overrides, validate_config
-    from rayrejuv.pipelines.testbed import build_testbed
+    from rayrejuv.commands.testbed.config import TinyWorldConfig
+    from rayrejuv.commands.testbed.driver import build_testbed
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {"out": out, "seed": seed, "force": force, "tracking": _tracking(tracking_uri, None, track)}
     values = merge_overrides({"out": "rayrejuv-testbed", **load_yaml(config)}, flags)
@@ -197,9 +199,10 @@ def diagnose(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Is this checkpoint rigid? Entropy, SFT loss, pass@k gap, drift from base; report + figures."""
-    from rayrejuv.config import DiagnoseConfig, load_yaml, merge_overrides, validate_config
-    from rayrejuv.pipelines.diagnose import diagnose as run
-    from rayrejuv.summary import print_diagnose_summary
+    from rayrejuv.commands.diagnose.config import DiagnoseConfig
+    from rayrejuv.commands.diagnose.driver import diagnose as run
+    from rayrejuv.commands.diagnose.report import print_diagnose_summary
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {
         "base": base,
@@ -231,10 +234,10 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """The paper's ablation in miniature: build a tiny world, diagnose, rejuvenate, GRPO from four starts."""
-    from rayrejuv.config import load_yaml, merge_overrides, validate_config
-    from rayrejuv.demo_config import QUICK, DemoConfig
-    from rayrejuv.pipelines.demo import run_demo
-    from rayrejuv.summary import print_demo_summary
+    from rayrejuv.commands.demo.config import QUICK, DemoConfig
+    from rayrejuv.commands.demo.driver import run_demo
+    from rayrejuv.commands.demo.report import print_demo_summary
+    from rayrejuv.config.base import load_yaml, merge_overrides, validate_config
 
     flags = {
         "out": out,

@@ -68,7 +68,7 @@ def calibration(tmp_path):
 
 
 def rejuv_config(base, sft, out, **kw):
-    from rayrejuv.config import RejuvenateConfig
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 
     kw.setdefault("tracking", {"enabled": False})
     kw.setdefault("ray", {"enabled": False})

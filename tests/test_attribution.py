@@ -10,7 +10,7 @@ from rayrejuv.method.attribution import centred_unembedding, component_contribut
 from rayrejuv.method.entropy import select_target_positions
 from rayrejuv.models.loading import load_model
 from rayrejuv.models.probe import attribute_targets, capture, response_entropy
-from rayrejuv.pipelines.targeted_reset import neuron_index
+from rayrejuv.rejuvenation.reset_search import neuron_index
 from rayrejuv.testbed import arith
 
 

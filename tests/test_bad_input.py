@@ -8,8 +8,8 @@ import torch
 from conftest import rejuv_config
 from safetensors.torch import load_file, save_file
 
+from rayrejuv.commands.rejuvenate.driver import rejuvenate
 from rayrejuv.errors import RejuvError
-from rayrejuv.pipelines.rejuvenate import rejuvenate
 
 
 def _run(base, sft, out, **kw):
@@ -108,7 +108,8 @@ def test_overflow_in_the_result(tmp_path, make_pair):
     ],
 )
 def test_out_of_range_hyperparameters(tmp_path, field, value, match):
-    from rayrejuv.config import RejuvenateConfig, validate_config
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+    from rayrejuv.config.base import validate_config
 
     values = {"base": "b", "sft": "s", "out": str(tmp_path / "o"), "fusion_only": True, field: value}
     with pytest.raises(RejuvError, match=match) as e:
@@ -117,7 +118,8 @@ def test_out_of_range_hyperparameters(tmp_path, field, value, match):
 
 
 def test_reset_without_calibration_is_refused():
-    from rayrejuv.config import RejuvenateConfig, validate_config
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+    from rayrejuv.config.base import validate_config
 
     with pytest.raises(RejuvError, match="pass --calibration FILE .* or --fusion-only"):
         validate_config(RejuvenateConfig, {"base": "b", "sft": "s", "out": "o"})
@@ -166,7 +168,8 @@ def test_existing_output_directory(tmp_path, make_pair):
 
 
 def test_output_equal_to_an_input_is_refused(make_pair):
-    from rayrejuv.config import RejuvenateConfig, validate_config
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+    from rayrejuv.config.base import validate_config
 
     base, sft = make_pair("llama")
     with pytest.raises(RejuvError, match="--out is the sft checkpoint itself"):

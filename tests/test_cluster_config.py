@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayrejuv.config import RejuvenateConfig, load_yaml, validate_config
-from rayrejuv.demo_config import DemoConfig
-from rayrejuv.rl_config import RLConfig
-from rayrejuv.tune_config import TuneConfig
+from rayrejuv.commands.demo.config import DemoConfig
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.commands.tune.config import TuneConfig
+from rayrejuv.config.base import load_yaml, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").rglob("*.yaml"))
@@ -64,14 +65,14 @@ def test_job_config_validates_as_is(path):
     if path.stem == "gpu" and command == "rejuvenate":
         assert cfg.device.startswith("cuda")
     if command == "demo":  # the RLConfig each run gets validates too
-        from rayrejuv.config import TrackingConfig
-        from rayrejuv.pipelines.demo import rl_config
-        from rayrejuv.pipelines.testbed import WorldLayout
+        from rayrejuv.commands.demo.driver import rl_config
+        from rayrejuv.commands.testbed.driver import WorldLayout
+        from rayrejuv.config.runtime import TrackingConfig
 
         run = rl_config(cfg, WorldLayout(Path("/w")), Path("/w/m"), 0, Path("/w/rl"), TrackingConfig(), "rl")
         assert (run.rollout.backend == "vllm" and run.learner.use_gpu) == (path.stem == "gpu")
     if command == "tune":
-        from rayrejuv.pipelines.tune import probe_config
+        from rayrejuv.commands.tune.driver import probe_config
 
         probe = probe_config(cfg, Path("/x/rejuvenated"), Path("/x/probe"))  # the probe's RLConfig validates
         assert (probe.rollout.backend == "vllm" and probe.learner.use_gpu) == (path.stem == "gpu")

@@ -6,11 +6,11 @@ import statistics
 
 import pytest
 
-from rayrejuv.config import merge_overrides, validate_config
-from rayrejuv.demo_config import QUICK, DemoConfig
-from rayrejuv.demo_results import STARTS, aggregate, markdown
+from rayrejuv.commands.demo.config import QUICK, DemoConfig
+from rayrejuv.commands.demo.driver import claim
+from rayrejuv.commands.demo.results import STARTS, aggregate, markdown
+from rayrejuv.config.base import merge_overrides, validate_config
 from rayrejuv.errors import RejuvError
-from rayrejuv.pipelines.demo import claim
 
 
 def _fake(seeds):
@@ -108,7 +108,7 @@ def test_claim_resumes_same_settings_and_refuses_others(tmp_path):
     claim(out, cfg.model_copy(update={"seed": 3}))  # other seeds too (runs live under seed-<s>)
     assert (out / "marker").exists()
     other = DemoConfig.model_validate({"out": out, "rl": {"lr": 1e-4}})
-    with pytest.raises(RejuvError, match="other settings; pass --overwrite"):
+    with pytest.raises(RejuvError, match="different settings .*pass --overwrite"):
         claim(out, other)
     claim(out, other.model_copy(update={"overwrite": True}))
     assert not (out / "marker").exists()
@@ -122,7 +122,7 @@ def test_claim_resumes_same_settings_and_refuses_others(tmp_path):
 def test_reward_curves_are_trailing_means_and_plot(tmp_path):
     import numpy as np
 
-    from rayrejuv.plots import _trailing_mean, plot_demo_rewards
+    from rayrejuv.commands.demo.report import _trailing_mean, plot_demo_rewards
 
     rng = np.random.default_rng(0)
     curves = rng.normal(size=(3, 11))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayrejuv.method.metrics import mean_squared_drift, pass_at_k, pooled_abs_delta, relative_drift
-from rayrejuv.rewards import extract_answer, is_correct
+from rayrejuv.method.rewards import extract_answer, is_correct
 
 
 def test_pass_at_k_against_hand_counts():
@@ -56,7 +56,7 @@ def test_is_correct_numbers_and_malformed():
 def ladder(tmp_path_factory):
     from test_testbed import small_config
 
-    from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
+    from rayrejuv.commands.testbed.driver import WorldLayout, build_testbed
 
     root = tmp_path_factory.mktemp("ladder") / "tb"
     build_testbed(small_config(root), progress=False)
@@ -64,8 +64,8 @@ def ladder(tmp_path_factory):
 
 
 def test_diagnose_writes_report_figures_and_json(ladder, tmp_path):
-    from rayrejuv.config import DiagnoseConfig
-    from rayrejuv.pipelines.diagnose import diagnose
+    from rayrejuv.commands.diagnose.config import DiagnoseConfig
+    from rayrejuv.commands.diagnose.driver import diagnose
 
     cfg = DiagnoseConfig(
         base=ladder.base,

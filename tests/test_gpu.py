@@ -18,7 +18,7 @@ from conftest import load_tensors, rejuv_config
 from test_rl import records
 from test_rl import rl_config as cpu_rl_config
 
-from rayrejuv.config import merge_overrides
+from rayrejuv.config.base import merge_overrides
 
 pytestmark = pytest.mark.gpu
 
@@ -60,7 +60,7 @@ def rl_config(adder, out, **kw):
 
 @pytest.fixture(scope="module")
 def cuda_run(adder, tmp_path_factory):
-    from rayrejuv.pipelines.rl import run_rl
+    from rayrejuv.commands.rl.driver import run_rl
 
     out = tmp_path_factory.mktemp("rl") / "cuda"
     summary = run_rl(rl_config(adder, out, steps=30), progress=False)
@@ -104,7 +104,7 @@ def test_rollout_logprobs_on_cuda_equal_learner_after_every_sync(cuda_run):
 def test_deepspeed_zero_on_one_gpu_matches_ddp_after_5_steps(adder, tmp_path):
     """Whole `rayrejuv rl` runs (rollouts on CUDA, weight sync, reference) of 5 steps with the
     learner on DDP/nccl, DeepSpeed ZeRO-2 and ZeRO-3: same rewards, final weights within 1e-4."""
-    from rayrejuv.pipelines.rl import run_rl
+    from rayrejuv.commands.rl.driver import run_rl
 
     micro = {"micro_batch_size": 64}  # DeepSpeed: one micro-batch per rank (64 sequences)
     finals, rewards = {}, {}
@@ -132,7 +132,7 @@ def test_rejuvenate_attribution_on_cuda_equals_cpu(make_pair, calibration, tmp_p
     the same reset set and the same output tensors as the CPU run."""
     import time
 
-    from rayrejuv.pipelines.rejuvenate import rejuvenate
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
 
     base, sft = make_pair("qwen3", num_layers=4, hidden_size=128, intermediate_size=256)
     t0 = time.perf_counter()

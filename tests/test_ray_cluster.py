@@ -5,7 +5,7 @@ import filecmp
 import pytest
 from conftest import rejuv_config
 
-from rayrejuv.pipelines.rejuvenate import rejuvenate
+from rayrejuv.commands.rejuvenate.driver import rejuvenate
 
 
 @pytest.fixture

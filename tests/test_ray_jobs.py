@@ -322,10 +322,10 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
 def _check_demo_outputs(out: Path, runs) -> None:
     """results.json follows the issue's schema and agrees with the checkpoints it came from; every
     phase is a child run of the demo's one parent run."""
-    from rayrejuv.demo_results import STARTS
+    from rayrejuv.commands.demo.driver import EvalSets
+    from rayrejuv.commands.demo.results import STARTS
+    from rayrejuv.commands.testbed.driver import WorldLayout
     from rayrejuv.models.evaluate import score_checkpoint
-    from rayrejuv.pipelines.demo import EvalSets
-    from rayrejuv.pipelines.testbed import WorldLayout
 
     res = json.loads((out / "results.json").read_text())
     assert res["seeds"] == [0, 1] and list(res["rows"]) == list(STARTS)
@@ -338,7 +338,7 @@ def _check_demo_outputs(out: Path, runs) -> None:
     for name in ("table.md", "pass_at_1.png", "rewards.png"):
         assert (out / name).stat().st_size > 0
     # the numbers re-measured from the checkpoints they name (greedy decoding: exact)
-    from rayrejuv.demo_config import QUICK, DemoConfig
+    from rayrejuv.commands.demo.config import QUICK, DemoConfig
 
     cfg = DemoConfig.model_validate({**QUICK, "out": out})
     evals = EvalSets.of(cfg, WorldLayout(out / "testbed"))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import FAMILIES, rejuv_config
 
-from rayrejuv.pipelines.rejuvenate import rejuvenate
+from rayrejuv.commands.rejuvenate.driver import rejuvenate
 
 SHARD_GB = 40e-6  # ~40 KB shards: a tiny model spreads over several shards, hence workers
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import FAMILIES, load_tensors, rejuv_config, same_bits
 
+from rayrejuv.commands.rejuvenate.driver import rejuvenate
 from rayrejuv.io.safetensors_format import tensor_bytes
-from rayrejuv.pipelines.rejuvenate import rejuvenate
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -144,8 +144,8 @@ def test_fused_attribution_model_runs_and_differs(make_pair, tmp_path, calibrati
 
 
 def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monkeypatch):
+    from rayrejuv.commands.rejuvenate import driver as pipeline
     from rayrejuv.io import writer
-    from rayrejuv.pipelines import rejuvenate as pipeline
 
     base, sft = make_pair("llama")
     real = writer.verify_shards

@@ -30,8 +30,8 @@ def adder(tmp_path_factory):
 
 
 def rl_config(adder, out, **kw):
-    from rayrejuv.config import merge_overrides
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.config.base import merge_overrides
 
     values = merge_overrides(
         {**RL, "model": adder["model"], "train_data": adder["train"], "eval_data": adder["eval"], "out": out}, kw
@@ -45,7 +45,7 @@ def records(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def clean_run(adder, tmp_path_factory):
-    from rayrejuv.pipelines.rl import run_rl
+    from rayrejuv.commands.rl.driver import run_rl
 
     out = tmp_path_factory.mktemp("rl") / "clean"
     summary = run_rl(rl_config(adder, out, steps=30), progress=False)
@@ -76,8 +76,8 @@ def test_rollout_logprobs_equal_learner_after_every_sync(clean_run):
 
 
 def test_resume_and_rollout_crash_reproduce_the_clean_run(adder, clean_run, tmp_path, monkeypatch):
+    from rayrejuv.commands.rl.driver import run_rl
     from rayrejuv.errors import RejuvError
-    from rayrejuv.pipelines.rl import run_rl
 
     out = tmp_path / "resumed"
     run_rl(rl_config(adder, out, steps=20), progress=False)
@@ -102,8 +102,8 @@ def _fixed_batch(adder, n_prompts=4, group=4):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rayrejuv.method.grpo import group_advantages
+    from rayrejuv.method.rewards import is_correct
     from rayrejuv.models.logprobs import sample
-    from rayrejuv.rewards import is_correct
 
     tok = AutoTokenizer.from_pretrained(adder["model"])
     model = AutoModelForCausalLM.from_pretrained(adder["model"]).eval()
@@ -122,8 +122,8 @@ def _learner_step(config):
     import ray.train
     from transformers import AutoModelForCausalLM
 
+    from rayrejuv.config.rl import GRPOConfig, LearnerConfig
     from rayrejuv.distributed.learner import Learner
-    from rayrejuv.rl_config import GRPOConfig, LearnerConfig
 
     for name, grpo in config["variants"].items():
         torch.manual_seed(0)

@@ -3,7 +3,7 @@ CPU only: nothing starts."""
 
 import pytest
 
-from rayrejuv.rl_config import RLConfig
+from rayrejuv.commands.rl.config import RLConfig
 
 BASE = {"model": "m", "train_data": "t.jsonl", "out": "o"}
 

@@ -74,8 +74,8 @@ def test_loss_slices_with_the_global_denominator_add_up_to_the_full_loss(how):
 def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
     from transformers import AutoModelForCausalLM
 
+    from rayrejuv.config.rl import GRPOConfig, LearnerConfig
     from rayrejuv.distributed.learner import Learner
-    from rayrejuv.rl_config import GRPOConfig, LearnerConfig
 
     _, sft = make_pair("qwen3")
     batch = _rollout(8, 4, 6, 3)
@@ -95,8 +95,8 @@ def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
 
 
 def test_rl_config_errors_name_the_fix(tmp_path):
-    from rayrejuv.config import validate_config
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.config.base import validate_config
 
     base = {"model": tmp_path, "train_data": tmp_path / "t.jsonl", "out": tmp_path / "o"}
     with pytest.raises(RejuvError, match="split evenly"):
@@ -110,30 +110,30 @@ def test_rl_config_errors_name_the_fix(tmp_path):
 
 
 def test_run_directory_claims(tmp_path):
-    from rayrejuv.pipelines.rl import RunLayout, claim
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import RunLayout, claim
 
     cfg = RLConfig(model=tmp_path, train_data=tmp_path / "t.jsonl", out=tmp_path / "run", steps=10)
     layout = RunLayout(cfg.out)
-    assert claim(layout, cfg)["run_id"] is None  # new
+    assert claim(layout, cfg).state["run_id"] is None  # new
     layout.root.mkdir()
     (layout.root / "stray.txt").write_text("x")
     with pytest.raises(RejuvError, match="not a rayrejuv rl run"):
         claim(layout, cfg)
     layout.state.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "run_id": "abc", "finished_steps": 4}))
-    assert claim(layout, cfg)["run_id"] == "abc"  # interrupted: resume
-    assert claim(layout, cfg.model_copy(update={"steps": 30}))["finished_steps"] == 4
+    assert claim(layout, cfg).state["run_id"] == "abc"  # interrupted: resume
+    assert claim(layout, cfg.model_copy(update={"steps": 30})).state["finished_steps"] == 4
     with pytest.raises(RejuvError, match="different settings \\(seed\\)"):
         claim(layout, cfg.model_copy(update={"seed": 3}))
     layout.state.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "run_id": "abc", "finished_steps": 10}))
     with pytest.raises(RejuvError, match="already finished 10 steps"):
         claim(layout, cfg)
-    assert claim(layout, cfg.model_copy(update={"overwrite": True}))["run_id"] is None
+    assert claim(layout, cfg.model_copy(update={"overwrite": True})).state["run_id"] is None
     assert not layout.root.exists()
 
 
 def test_rewards_malformed_is_wrong():
-    from rayrejuv.pipelines.grpo import rewards_of
+    from rayrejuv.commands.rl.loop import rewards_of
 
     r = rewards_of(["#### 4", "#### 5", "no answer", "\\boxed{4", "#### four"], ["4"] * 5, 1.0, -1.0)
     assert r.tolist() == [1.0, -1.0, -1.0, -1.0, -1.0]

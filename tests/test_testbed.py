@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from rayrejuv.config import TinyWorldConfig
+from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.commands.testbed.driver import WorldLayout, build_testbed
 from rayrejuv.errors import RejuvError
-from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
 from rayrejuv.testbed import task
 
 SMALL = {
@@ -147,14 +147,14 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     again = build_testbed(cfg, progress=False)  # cached: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in layout.root.rglob("*.safetensors")} == mtimes
     assert again["complete"]
-    with pytest.raises(RejuvError, match="another config; pass --force"):
+    with pytest.raises(RejuvError, match="different settings .*pass --force"):
         build_testbed(small_config(tmp_path / "tb", seed=1), progress=False)
 
 
 def test_interrupted_ladder_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from rayrejuv.pipelines import testbed as tb
+    from rayrejuv.commands.testbed import driver as tb
 
     clean = small_config(tmp_path / "clean")
     build_testbed(clean, progress=False)

@@ -38,8 +38,8 @@ def pair(tmp_path_factory):
 
 
 def tune_config(pair, out, **kw):
-    from rayrejuv.config import merge_overrides
-    from rayrejuv.tune_config import TuneConfig
+    from rayrejuv.commands.tune.config import TuneConfig
+    from rayrejuv.config.base import merge_overrides
 
     space = kw.pop("space", {"alpha": {"low": 0.5, "high": 0.9}, "reset_ratio": {"choices": [0.01, 0.02]}})
     values = {**pair, "out": out, "probe": PROBE, "eval_examples": 8, "num_samples": 4, "max_concurrent": 2,
@@ -50,9 +50,9 @@ def tune_config(pair, out, **kw):
 def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair, tmp_path, monkeypatch):
     import mlflow
 
-    from rayrejuv.config import RejuvenateConfig
-    from rayrejuv.pipelines.rejuvenate import rejuvenate
-    from rayrejuv.pipelines.tune import run_tune
+    from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
+    from rayrejuv.commands.tune.driver import run_tune
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -79,7 +79,7 @@ def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair,
 def test_asha_stops_a_designed_bad_trial(pair, tmp_path):
     """alpha 0 is the barely trained base (reward -1 at every probe step); alpha 1 the SFT model.
     One trial at a time: the base-like trials fall below the rung of the SFT-like ones."""
-    from rayrejuv.pipelines.tune import run_tune
+    from rayrejuv.commands.tune.driver import run_tune
 
     cfg = tune_config(pair, tmp_path / "s", num_samples=2, max_concurrent=1, search_alg="random",
                       space={"alpha": {"choices": [1.0, 0.0], "grid": True}}, probe={"steps": 4, "report_every": 1})
@@ -119,7 +119,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(pair, tmp_path)
 
 @pytest.mark.slow
 def test_a_raising_trial_is_retried_then_recorded_failed(pair, tmp_path):
-    from rayrejuv.pipelines.tune import run_tune
+    from rayrejuv.commands.tune.driver import run_tune
 
     cfg = tune_config(pair, tmp_path / "s", num_samples=1, max_concurrent=1, search_alg="random", asha=False,
                       keep_best=4, space={"selection": {"choices": ["aggregate", "no-such-selector"], "grid": True}})

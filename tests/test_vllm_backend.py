@@ -160,9 +160,9 @@ class TestEngine:
 def test_rollout_group_in_ray_actor(tmp_path_factory, tokenizer):
     import ray
 
+    from rayrejuv.config.rl import RolloutConfig
     from rayrejuv.distributed.rollout_group import RolloutGroup
     from rayrejuv.models.rollout import Sampling
-    from rayrejuv.rl_config import RolloutConfig
 
     out = tmp_path_factory.mktemp("llama")
     model = _tiny(tokenizer, out, "llama", tie=True)  # tied embeddings: the synced dict has an alias

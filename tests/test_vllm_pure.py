@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.vllm_rollout import EXTENSION, _unshared, engine_kwargs, to_rollout
-from rayrejuv.rl_config import RolloutConfig
 
 PAD, EOS = 0, 2
 

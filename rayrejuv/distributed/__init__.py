@@ -1,1 +1,1 @@
-"""Everything that touches Ray: cluster connection, actors and worker groups."""
+"""Ray actors and worker groups: LayerShard writers, attribution, rollouts, reference, learner, metrics sink."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rayrejuv.config import RejuvenateConfig
+from pathlib import Path
+
+from rayrejuv.config.rejuvenation import ResetSearchConfig
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.timing import PhaseTimer
 
@@ -10,11 +12,11 @@ from rayrejuv.timing import PhaseTimer
 class AttributionWorker:
     """Plain Python; `ray.remote(AttributionWorker)` runs it on a node with the attribution device."""
 
-    def run(self, cfg: RejuvenateConfig, progress: bool):
-        from rayrejuv.pipelines.targeted_reset import find_reset_set
+    def run(self, search: ResetSearchConfig, base: Path, sft: Path, allow_pickle: bool, progress: bool):
+        from rayrejuv.rejuvenation.reset_search import find_reset_set
 
         timer = PhaseTimer()
-        base = Checkpoint(cfg.base, role="base", allow_pickle=cfg.allow_pickle)
-        sft = Checkpoint(cfg.sft, role="SFT", allow_pickle=cfg.allow_pickle)
-        reset, stats = find_reset_set(cfg, base, sft, timer, progress)
+        base_ckpt = Checkpoint(base, role="base", allow_pickle=allow_pickle)
+        sft_ckpt = Checkpoint(sft, role="SFT", allow_pickle=allow_pickle)
+        reset, stats = find_reset_set(search, base_ckpt, sft_ckpt, timer, progress)
         return reset, stats, timer.seconds

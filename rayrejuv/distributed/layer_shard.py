@@ -13,7 +13,7 @@ from rayrejuv.distributed.faults import fault_point
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
 from rayrejuv.method.neurons import ResetSet
-from rayrejuv.pipelines.fuse_reset import patch_shards, write_shards
+from rayrejuv.rejuvenation.writer import patch_shards, write_shards
 
 
 @dataclass

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.config.rl import GRPOConfig, LearnerConfig
 from rayrejuv.method.grpo import grpo_loss
 from rayrejuv.models.logprobs import completion_logits, token_entropy, token_logprobs
 from rayrejuv.models.rollout import Rollout
-from rayrejuv.rl_config import GRPOConfig, LearnerConfig
 
 
 @dataclass

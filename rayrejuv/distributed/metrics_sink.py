@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rayrejuv.tracking import flatten, sanitize
+from rayrejuv.runs.tracking import flatten, sanitize
 
 
 class MetricsSink:

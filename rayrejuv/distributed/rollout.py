@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_point
 from rayrejuv.models.rollout import Rollout, Sampling
-from rayrejuv.rl_config import RolloutConfig
 
 
 class HFRolloutWorker:

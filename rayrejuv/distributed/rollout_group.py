@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
+from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_env
 from rayrejuv.models.rollout import Rollout, Sampling
-from rayrejuv.rl_config import RolloutConfig
 
 
 def split(items: list, parts: int) -> list[range]:

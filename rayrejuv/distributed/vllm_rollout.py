@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.models.logprobs import completion_mask
 from rayrejuv.models.rollout import Rollout, Sampling
-from rayrejuv.rl_config import RolloutConfig
 
 EXTENSION = "rayrejuv.distributed.vllm_ext.WeightSync"
 

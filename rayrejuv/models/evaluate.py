@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from rayrejuv.data.calibration import batches, tokenize_pairs
 from rayrejuv.method.entropy import token_entropy
 from rayrejuv.method.metrics import pass_at_k
-from rayrejuv.rewards import is_correct
+from rayrejuv.method.rewards import is_correct
 
 
 @torch.no_grad()

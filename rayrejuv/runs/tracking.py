@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rayrejuv.config import TrackingConfig
+from rayrejuv.config.runtime import TrackingConfig
 
 _BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -40,6 +40,20 @@ class Run:
         if self._mlflow is None:
             return None
         return self._mlflow.active_run().info.run_id
+
+    @property
+    def tracking_uri(self) -> str | None:
+        """The store this run logs to, as an absolute URI other processes (other cwd) can reach."""
+        if self._mlflow is None:
+            return None
+        return absolute_uri(self._mlflow.get_tracking_uri())
+
+    def child(self, cfg: TrackingConfig, run_name: str) -> TrackingConfig:
+        """The tracking section of a run nested under this one (a phase of the demo, a Tune trial),
+        usable from any process; unchanged (but renamed) when tracking is off."""
+        if self._mlflow is None:
+            return cfg.model_copy(update={"run_name": run_name})
+        return cfg.model_copy(update={"run_name": run_name, "parent_run_id": self.run_id, "uri": self.tracking_uri})
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self._mlflow is not None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rayrejuv.config import RejuvenateConfig
+from rayrejuv.config.rejuvenation import ResetSearchConfig
 from rayrejuv.data.calibration import batches, load_calibration
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.method.entropy import select_target_positions
@@ -44,7 +44,7 @@ def fuse_in_place(model, base: Checkpoint, sft: Checkpoint, alpha: float) -> Non
 
 
 def find_reset_set(
-    cfg: RejuvenateConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
+    cfg: ResetSearchConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
 ) -> tuple[ResetSet, AttributionStats]:
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.attribution_dtype]

@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rayrejuv.config import RayConfig, TrackingConfig, _Config
+from rayrejuv.config.base import Config
+from rayrejuv.config.runtime import RayConfig, TrackingConfig
 
 
-class Range(_Config):
+class Range(Config):
     """A float searched in [low, high] (log-uniform with `log`), or one of `choices`."""
 
     low: float | None = Field(None, description="lower bound")
@@ -44,7 +45,7 @@ def _default_space() -> dict[str, Range]:
 SEARCHABLE = ("alpha", "reset_ratio", "omega", "tokens_per_example", "selection")
 
 
-class ProbeConfig(_Config):
+class ProbeConfig(Config):
     steps: int = Field(8, ge=1, description="GRPO steps of the probe")
     report_every: int = Field(2, ge=1, description="report to the scheduler (ASHA) every K probe steps")
     rl: dict[str, Any] = Field(
@@ -52,7 +53,7 @@ class ProbeConfig(_Config):
     )
 
 
-class TuneConfig(_Config):
+class TuneConfig(Config):
     base: Path = Field(description="base checkpoint")
     sft: Path = Field(description="SFT checkpoint to rejuvenate")
     calibration: Path = Field(description="jsonl of {prompt, response} for the targeted reset")

@@ -13,18 +13,13 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from rayrejuv.config import (
-    RayConfig,
-    TinyModelConfig,
-    TrackingConfig,
-    WorldDataConfig,
-    WorldTrainConfig,
-    _Config,
-)
-from rayrejuv.rl_config import LearnerConfig, RolloutConfig
+from rayrejuv.config.base import Config
+from rayrejuv.config.rl import LearnerConfig, RolloutConfig
+from rayrejuv.config.runtime import RayConfig, TrackingConfig
+from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldTrainConfig
 
 
-class DemoWorld(_Config):
+class DemoWorld(Config):
     """The tiny world the demo builds (or reuses) under OUT/testbed."""
 
     seed: int = Field(0, description="seed of the world's data, initialisation and data order")
@@ -33,19 +28,19 @@ class DemoWorld(_Config):
     train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
 
 
-class DemoRungs(_Config):
+class DemoRungs(Config):
     modsft_epoch: float = Field(4.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
     oversft_epoch: float = Field(32.0, gt=0, description="ladder epoch used as OverSFT (over-trained)")
 
 
-class DemoRejuvenation(_Config):
+class DemoRejuvenation(Config):
     alpha: float = Field(0.6, ge=0.0, le=1.0, description="fusion weight of OverSFT (Eq. 1)")
     reset_ratio: float = Field(0.01, gt=0.0, lt=1.0, description="fraction rho of neurons reset (Eq. 4)")
     omega: float = Field(1.0, ge=0.0, le=1.0, description="reset strength (Eq. 5)")
     tokens_per_example: int = Field(8, ge=1, description="N target tokens per calibration example")
 
 
-class DemoRL(_Config):
+class DemoRL(Config):
     """The one GRPO recipe every start gets (same data, prompts, hyperparameters and seeds)."""
 
     steps: int = Field(40, ge=1, description="GRPO steps per run")
@@ -60,13 +55,13 @@ class DemoRL(_Config):
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Ray Train learner (DDP or DeepSpeed)")
 
 
-class DemoEval(_Config):
+class DemoEval(Config):
     examples: int = Field(200, ge=1, description="prompts per eval split (greedy pass@1)")
     max_new_tokens: int = Field(48, ge=1, description="generation length")
     diagnose_k: int = Field(8, ge=1, description="k of the diagnosis' pass@k")
 
 
-class DemoConfig(_Config):
+class DemoConfig(Config):
     out: Path = Field(Path("rayrejuv-demo"), description="working directory (re-run to resume)")
     seeds: int = Field(3, ge=1, description="RL seeds per start")
     seed: int = Field(0, description="first RL seed; the runs use seed, seed+1, ...")

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rayrejuv.config import DiagnoseConfig
+from rayrejuv.commands.diagnose.config import DiagnoseConfig
+from rayrejuv.commands.diagnose.report import plot_drift_by_layer, plot_heatmaps, plot_ladder
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.pair import check_pair
@@ -22,8 +23,7 @@ from rayrejuv.io.writer import AtomicDir
 from rayrejuv.method.metrics import mean_squared_drift, pooled_abs_delta, relative_drift
 from rayrejuv.models.evaluate import evaluate_pass_at_k, teacher_forced_stats
 from rayrejuv.models.loading import load_model, load_tokenizer, resolve_device
-from rayrejuv.plots import plot_drift_by_layer, plot_heatmaps, plot_ladder
-from rayrejuv.tracking import tracked_run
+from rayrejuv.runs.tracking import tracked_run
 
 _EPOCH = re.compile(r"epoch-([0-9.]+)$")
 

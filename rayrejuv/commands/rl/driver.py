@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import AtomicDir, atomic_write_text
-from rayrejuv.rl_config import RLConfig
+from rayrejuv.runs.cluster import cluster_address
+from rayrejuv.runs.directory import RunDir, claim_run_dir
 
 
 @dataclass(frozen=True)
@@ -38,31 +39,18 @@ class RunLayout:
         return self.root / "final"
 
 
-def claim(layout: RunLayout, cfg: RLConfig) -> dict:
-    """The run's state: new, or resumed from an interrupted/shorter run with the same settings."""
-    root = layout.root
-    if root.exists() and not root.is_dir():
-        raise RejuvError(f"--out {root} exists and is not a directory; choose another --out")
-    if not layout.state.exists():
-        if root.exists() and any(root.iterdir()):
-            raise RejuvError(f"--out {root} is not empty and is not a rayrejuv rl run; choose a new directory")
-        return {"fingerprint": cfg.fingerprint(), "run_id": None, "finished_steps": 0}
-    state = json.loads(layout.state.read_text())
-    if cfg.overwrite:
-        shutil.rmtree(root)
-        return {"fingerprint": cfg.fingerprint(), "run_id": None, "finished_steps": 0}
-    if state["fingerprint"] != cfg.fingerprint():
-        diff = sorted(k for k in cfg.fingerprint() if cfg.fingerprint()[k] != state["fingerprint"].get(k))
+def claim(layout: RunLayout, cfg: RLConfig) -> RunDir:
+    """The run's directory: new, or resumed from an interrupted/shorter run with the same settings."""
+    run_dir = claim_run_dir(
+        layout.root, manifest=layout.state.name, fingerprint=cfg.fingerprint(), kind="rayrejuv rl run",
+        replace=cfg.overwrite, replace_flag="--overwrite", initial={"run_id": None, "finished_steps": 0},
+    )
+    if run_dir.resumed and run_dir.state["finished_steps"] >= cfg.steps:
         raise RejuvError(
-            f"--out {root} holds a run with different settings ({', '.join(diff)}); resume it with the same "
-            "config, or pass --overwrite, or choose a new --out"
+            f"--out {layout.root} already finished {run_dir.state['finished_steps']} steps (final checkpoint: "
+            f"{layout.final}); raise --steps to continue it, pass --overwrite to start again, or choose a new --out"
         )
-    if state["finished_steps"] >= cfg.steps:
-        raise RejuvError(
-            f"--out {root} already finished {state['finished_steps']} steps (final checkpoint: {layout.final}); "
-            "raise --steps to continue it, pass --overwrite to start again, or choose a new --out"
-        )
-    return state
+    return run_dir
 
 
 def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
@@ -79,19 +67,11 @@ def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
     return rows, eval_rows
 
 
-def cpu_demand(cfg: RLConfig) -> float:
-    """Logical CPUs the run reserves: learner workers, rollout actors, the reference actor."""
-    reference = 1.0 if cfg.grpo.beta > 0 else 0.0
-    return cfg.learner.workers * cfg.learner.cpus_per_worker + cfg.rollout.workers * cfg.rollout.cpus_per_worker + (
-        reference
-    )
-
-
 def _check_gpus(cfg: RLConfig, resources: dict) -> None:
     """Fail at once, not with actors pending forever, when a local Ray instance has fewer GPUs than
     the run reserves (a cluster joined by address may autoscale: not checked)."""
     need, have = cfg.gpu_demand(), resources.get("GPU", 0.0)
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or need <= have + 1e-6:
+    if cluster_address(cfg.ray.address) or need <= have + 1e-6:
         return
     reference = cfg.reference_gpus() if cfg.grpo.beta > 0 else 0.0
     raise RejuvError(
@@ -109,32 +89,29 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from rayrejuv.distributed.cluster import ray_session
+    from rayrejuv.commands.rl.loop import grpo_worker
     from rayrejuv.distributed.metrics_sink import MetricsSink
     from rayrejuv.distributed.reference import ReferenceWorker
     from rayrejuv.distributed.rollout_group import RolloutGroup
-    from rayrejuv.pipelines.grpo import grpo_worker
-    from rayrejuv.tracking import absolute_uri, tracked_run
+    from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.tracking import absolute_uri, tracked_run
 
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     rows, eval_rows = _check_inputs(cfg)
     layout = RunLayout(Path(cfg.out).absolute())
-    state = claim(layout, cfg)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    run_dir = claim(layout, cfg)
+    state = run_dir.state
     t_start = time.perf_counter()
-    # local instance: reserve what the run needs even on a small machine (phases alternate, so
-    # rollouts and learner do not compete for the cores at the same time)
-    num_cpus = max(os.cpu_count() or 1, int(cpu_demand(cfg) + 0.999))
     with (
-        ray_session(cfg.ray.address, num_cpus=num_cpus) as resources,
+        ray_session(cfg.ray.address, cfg.cpu_demand()) as resources,
         tracked_run(cfg.tracking, "rl", run_id=state["run_id"]) as run,
     ):
         _check_gpus(cfg, resources)
         if state["run_id"] is None:
             run.log_params(cfg.model_dump(mode="json"))
         state["run_id"] = run.run_id
-        atomic_write_text(layout.state, json.dumps(state, indent=1))
+        run_dir.save()
         uri = None
         if run.run_id is not None:
             import mlflow
@@ -184,10 +161,10 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
         records = ray.get(sink.records.remote())
         final = export_final(result.checkpoint, layout.final)
         state["finished_steps"] = cfg.steps
-        atomic_write_text(layout.state, json.dumps(state, indent=1))
+        run_dir.save()
         summary = summarize(records, cfg, final, time.perf_counter() - t_start)
         atomic_write_text(layout.root / "summary.json", json.dumps(summary, indent=1))
-        from rayrejuv.plots import plot_rl_curves
+        from rayrejuv.commands.rl.report import plot_rl_curves
 
         plot_rl_curves(records, layout.root / "curves.png", title=f"GRPO from {Path(cfg.model).name}")
         run.log_artifact(layout.root / "curves.png")

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
+from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.data.prompts import step_prompts
 from rayrejuv.method.grpo import group_advantages
+from rayrejuv.method.rewards import is_correct
 from rayrejuv.models.evaluate import score_pass_at_k
 from rayrejuv.models.rollout import Rollout, Sampling
-from rayrejuv.rewards import is_correct
-from rayrejuv.rl_config import RLConfig
 
 STATE_FILE = "trainer_state.json"
 

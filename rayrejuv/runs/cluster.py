@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rayrejuv.errors import RejuvError
+from rayrejuv.runs.resources import local_cpus
 
 AUTH_ENV = "RAY_AUTH_MODE"
 
@@ -21,10 +22,16 @@ def _flip_auth_mode() -> str:
     return mode
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a run joins: --ray-address, else $RAY_ADDRESS, else None (a local instance)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[dict]:
+def ray_session(address: str | None, cpu_demand: float = 0.0) -> Iterator[dict]:
     """Yield the cluster's resources. With no address (and no RAY_ADDRESS) a local instance is
-    started for the run and shut down after; otherwise the run joins the given cluster.
+    started for the run, with the CPUs the run reserves (`cpu_demand`, at least the machine's
+    cores), and shut down after; otherwise the run joins the given cluster.
 
     Ray 2.60 turns token auth on for a local ray.init() and for `ray start` when
     ~/.ray/auth_token exists, but a joining client with RAY_AUTH_MODE unset connects without the
@@ -34,13 +41,13 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[di
     import ray
 
     already = ray.is_initialized()
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     kwargs = {"log_to_driver": True, "configure_logging": False}
     if not already:
         if address:
             _join(ray, address, kwargs)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            ray.init(num_cpus=local_cpus(cpu_demand), include_dashboard=False, **kwargs)
     try:
         yield ray.cluster_resources()
     finally:

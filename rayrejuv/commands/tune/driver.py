@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
-from rayrejuv.config import RejuvenateConfig, merge_overrides
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.commands.tune.config import Range, TuneConfig
+from rayrejuv.config.base import merge_overrides
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.writer import atomic_write_text
-from rayrejuv.rl_config import RLConfig
-from rayrejuv.tune_config import Range, TuneConfig
 
 INTERMEDIATE = {"probe_reward_end": "probe/reward_recent", "probe_reward_auc": "probe/reward_auc",
                 "eval_pass_at_1": "probe/reward_auc"}  # what ASHA compares before the final report
@@ -114,8 +115,8 @@ def run_trial(params: dict, cfg_json: dict, parent_run_id: str | None, tracking_
     """The Tune function trainable."""
     from ray import tune
 
-    from rayrejuv.pipelines.rejuvenate import rejuvenate
-    from rayrejuv.pipelines.rl import run_rl
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
+    from rayrejuv.commands.rl.driver import run_rl
 
     cfg = TuneConfig.model_validate(cfg_json)
     trial_id = tune.get_context().get_trial_id()
@@ -190,14 +191,12 @@ def _end_child(child, status: str) -> None:
 
 
 def run_tune(cfg: TuneConfig, progress: bool = True) -> dict:
-    import os
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from rayrejuv.distributed.cluster import ray_session
-    from rayrejuv.pipelines.rl import cpu_demand
-    from rayrejuv.tracking import absolute_uri, tracked_run
+    from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.tracking import absolute_uri, tracked_run
 
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in
                                  ("base", "sft", "calibration", "train_data", "eval_data", "out")})
@@ -211,12 +210,12 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> dict:
     state = json.loads(state_file.read_text()) if (cfg.resume and state_file.exists()) else {"run_id": None}
     out.mkdir(parents=True, exist_ok=True)
     probe = probe_config(cfg, cfg.sft, out / "unused")
-    per_trial = cfg.cpus_per_trial + cpu_demand(probe)
+    per_trial = cfg.cpus_per_trial + probe.cpu_demand()
     # one trial's worth of headroom: the learner placement group of a trial that ASHA stopped is
     # freed by Ray Train's cleaner actor a little later (measured: a next trial can time out on it)
-    num_cpus = max(os.cpu_count() or 1, int(per_trial * (cfg.max_concurrent + 1) + 0.999))
+    demand = per_trial * (cfg.max_concurrent + 1)
     t0 = time.perf_counter()
-    with ray_session(cfg.ray.address, num_cpus=num_cpus), tracked_run(
+    with ray_session(cfg.ray.address, demand), tracked_run(
         cfg.tracking, "tune", run_id=state["run_id"]
     ) as run:
         if state["run_id"] is None:
@@ -296,7 +295,7 @@ def _close_stopped_runs(parent_run_id: str | None) -> None:
 
 
 def _finish(cfg: TuneConfig, board: list[dict], run, wall: float) -> dict:
-    from rayrejuv.plots import plot_objective_vs_params
+    from rayrejuv.commands.tune.report import plot_objective_vs_params
 
     _close_stopped_runs(run.run_id)
     out = Path(cfg.out)

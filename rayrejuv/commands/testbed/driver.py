@@ -15,23 +15,22 @@ last saved state; `force` rebuilds.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rayrejuv.config import TinyWorldConfig
-from rayrejuv.errors import RejuvError
+from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
+from rayrejuv.runs.directory import claim_run_dir
+from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.testbed import task
 from rayrejuv.testbed.tiny import build_model, tiny_config
 from rayrejuv.testbed.tokenizer import build_char_tokenizer
 from rayrejuv.testbed.train import steps_for, train_pairs
 from rayrejuv.timing import PhaseTimer
-from rayrejuv.tracking import tracked_run
 
 MANIFEST = "testbed.json"
 DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_hard", "eval_wide", "eval_general")
@@ -88,24 +87,11 @@ def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
 
 
 def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> None:
-    """A directory belongs to one config: reuse it only when the fingerprints match."""
-    manifest = layout.root / MANIFEST
-    if cfg.force and layout.root.exists():
-        if not manifest.is_file() and any(layout.root.iterdir()):
-            raise RejuvError(f"{layout.root} is not a testbed directory (no {MANIFEST}); refusing to delete it")
-        shutil.rmtree(layout.root)
-    if manifest.is_file():
-        built = json.loads(manifest.read_text())["config"]
-        if built != cfg.fingerprint():
-            raise RejuvError(
-                f"{layout.root} holds a testbed built with another config; pass --force to rebuild it, "
-                "or choose another --out"
-            )
-        return
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise RejuvError(f"{layout.root} exists and is not a testbed directory; choose another --out")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    _write_json(manifest, {"config": cfg.fingerprint(), "complete": False})
+    """A directory belongs to one config: reuse it only when the fingerprints match; --force rebuilds."""
+    run_dir = claim_run_dir(layout.root, manifest=MANIFEST, fingerprint=cfg.fingerprint(), kind="testbed directory",
+                  replace=cfg.force, replace_flag="--force", initial={"complete": False}, key="config")
+    if not run_dir.resumed:
+        run_dir.save()
 
 
 def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:

@@ -15,16 +15,17 @@ runs are reused; an interrupted RL run continues from its last Ray Train checkpo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
-from rayrejuv.config import DiagnoseConfig, RejuvenateConfig, TinyWorldConfig, TrackingConfig
-from rayrejuv.demo_config import DemoConfig
-from rayrejuv.demo_results import STARTS, aggregate, markdown
-from rayrejuv.errors import RejuvError
+from rayrejuv.commands.demo.config import DemoConfig
+from rayrejuv.commands.demo.results import STARTS, aggregate, markdown
+from rayrejuv.commands.diagnose.config import DiagnoseConfig
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.runs.directory import claim_run_dir
 from rayrejuv.timing import PhaseTimer
 
 MANIFEST = "demo.json"
@@ -33,31 +34,21 @@ RESULTS = "results.json"
 
 def claim(out: Path, cfg: DemoConfig) -> None:
     """OUT belongs to one demo config: resume it, refuse another, or start over with overwrite."""
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        if json.loads(manifest.read_text())["config"] == cfg.fingerprint():
-            return
-        if not cfg.overwrite:
-            raise RejuvError(
-                f"--out {out} holds a demo with other settings; pass --overwrite to start again, "
-                "or choose another --out"
-            )
-        shutil.rmtree(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RejuvError(f"--out {out} exists and is not a rayrejuv demo directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest, json.dumps({"config": cfg.fingerprint()}, indent=1))
+    run_dir = claim_run_dir(out, manifest=MANIFEST, fingerprint=cfg.fingerprint(), kind="rayrejuv demo directory",
+                  replace=cfg.overwrite, replace_flag="--overwrite", key="config")
+    if not run_dir.resumed:
+        run_dir.save()
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
-    from rayrejuv.distributed.cluster import ray_session
-    from rayrejuv.tracking import absolute_uri, tracked_run
+    from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.tracking import absolute_uri, tracked_run
 
     out = Path(cfg.out).absolute()
     claim(out, cfg)
     timer = PhaseTimer()
     t0 = time.perf_counter()
-    with ray_session(cfg.ray.address, num_cpus=_local_cpus(cfg)), tracked_run(cfg.tracking, "demo") as parent:
+    with ray_session(cfg.ray.address, 2 * cfg.rl.concurrent), tracked_run(cfg.tracking, "demo") as parent:
         parent.log_params(cfg.model_dump(mode="json"))
         child = _child_tracking(cfg.tracking, parent.run_id, absolute_uri)
 
@@ -90,12 +81,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
     return results
 
 
-def _local_cpus(cfg: DemoConfig) -> int:
-    """A local instance reserves what `concurrent` RL runs need (learner + rollout actor each;
-    their phases alternate, so each keeps about one core busy)."""
-    return max(os.cpu_count() or 1, 2 * cfg.rl.concurrent)
-
-
 def _child_tracking(tracking: TrackingConfig, parent_run_id: str | None, absolute_uri) -> TrackingConfig:
     """Phases log to child runs of the demo's run; workers in other directories need an absolute URI."""
     if parent_run_id is None:
@@ -106,7 +91,7 @@ def _child_tracking(tracking: TrackingConfig, parent_run_id: str | None, absolut
 
 
 def build_world(cfg: DemoConfig, directory: Path, tracking: TrackingConfig, progress: bool):
-    from rayrejuv.pipelines.testbed import WorldLayout, build_testbed
+    from rayrejuv.commands.testbed.driver import WorldLayout, build_testbed
 
     w = cfg.world
     world_cfg = TinyWorldConfig(out=directory, seed=w.seed, model=w.model, data=w.data, train=w.train,
@@ -116,7 +101,7 @@ def build_world(cfg: DemoConfig, directory: Path, tracking: TrackingConfig, prog
 
 
 def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingConfig, progress: bool) -> dict:
-    from rayrejuv.pipelines.diagnose import diagnose
+    from rayrejuv.commands.diagnose.driver import diagnose
 
     if (directory / "diagnose.json").is_file():
         return json.loads((directory / "diagnose.json").read_text())
@@ -135,7 +120,7 @@ def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingCo
 
 def rejuvenate_oversft(cfg: DemoConfig, world, out: Path, tracking: TrackingConfig, progress: bool) -> dict:
     """OverSFT fused with the base (fusion only), and fused + targeted reset (Rejuvenation)."""
-    from rayrejuv.pipelines.rejuvenate import rejuvenate
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
 
     r = cfg.rejuvenation
     made = {}
@@ -211,7 +196,7 @@ def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -
 
 
 def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, tracking: TrackingConfig, name: str):
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
 
     r = cfg.rl
     return RLConfig(
@@ -241,8 +226,8 @@ def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, trackin
 
 def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> dict:
     """One GRPO run (resumed, or reused when finished), then its final checkpoint's scores."""
-    from rayrejuv.pipelines.rl import RunLayout, run_rl
-    from rayrejuv.rl_config import RLConfig
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import RunLayout, run_rl
 
     rcfg = RLConfig.model_validate(rl_json)
     layout = RunLayout(Path(rcfg.out))
@@ -273,12 +258,11 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
     import ray
     from tqdm.auto import tqdm
 
-    from rayrejuv.pipelines.rl import cpu_demand
 
     task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: its actors and learner hold the CPUs
     # never more runs than the cluster holds at once: two half-started runs could each hold the CPU
     # the other's learner waits for (a deadlock)
-    demand = cpu_demand(rl_config(cfg, world, starts["modsft"], cfg.seed, directory, tracking, "probe"))
+    demand = (rl_config(cfg, world, starts["modsft"], cfg.seed, directory, tracking, "probe")).cpu_demand()
     concurrent = max(1, min(cfg.rl.concurrent, int(ray.cluster_resources().get("CPU", 0) // demand)))
     todo = [
         (start, seed)
@@ -303,7 +287,7 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
 
 
 def write_outputs(out: Path, results: dict, per_seed: dict[str, list[dict]], evals: EvalSets) -> None:
-    from rayrejuv.plots import plot_demo_pass_at_1, plot_demo_rewards
+    from rayrejuv.commands.demo.report import plot_demo_pass_at_1, plot_demo_rewards
 
     atomic_write_text(out / RESULTS, json.dumps(results, indent=1))
     atomic_write_text(out / "table.md", markdown(results))

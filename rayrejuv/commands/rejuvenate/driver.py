@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rayrejuv.config import RejuvenateConfig
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.rejuvenate.report import REPORT, RESET_MAP, plot_reset_map, write_report
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
@@ -34,12 +35,10 @@ from rayrejuv.io.writer import (
     write_manifest,
 )
 from rayrejuv.method.neurons import ResetSet
-from rayrejuv.pipelines.fuse_reset import output_entries
-from rayrejuv.pipelines.targeted_reset import find_reset_set, neuron_index
-from rayrejuv.plots import plot_reset_map
-from rayrejuv.report import REPORT, RESET_MAP, write_report
+from rayrejuv.rejuvenation.reset_search import find_reset_set, neuron_index
+from rayrejuv.rejuvenation.writer import output_entries
+from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.timing import PhaseTimer
-from rayrejuv.tracking import tracked_run
 
 
 def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
@@ -104,15 +103,14 @@ def rejuvenate_in_process(cfg, base, sft, plans, directory, fp, timer, progress)
 def rejuvenate_on_ray(cfg, base, sft, plans, directory, fp, timer, progress):
     import os
 
-    from rayrejuv.distributed.cluster import ray_session
+    from rayrejuv.runs.cluster import ray_session
 
     rc = cfg.ray
     # A local instance gets enough logical CPUs for every actor (one per core by default, plus
     # the attribution actor): Ray would otherwise leave the attribution actor pending forever.
     workers = rc.workers or os.cpu_count() or 1
-    local_cpus = max(os.cpu_count() or 1, int(workers * rc.cpus_per_worker + rc.attribution_cpus + 0.999))
     t0 = time.perf_counter()
-    with ray_session(rc.address, num_cpus=local_cpus) as resources:
+    with ray_session(rc.address, workers * rc.cpus_per_worker + rc.attribution_cpus) as resources:
         timer.seconds["ray_start"] = time.perf_counter() - t0
         return _on_ray(cfg, sft, plans, directory, fp, timer, progress, resources)
 
@@ -163,7 +161,8 @@ def _on_ray(cfg, sft, plans, directory, fp, timer, progress, resources):
         else:
             gpus = rc.attribution_gpus if rc.attribution_gpus is not None else float(cfg.device.startswith("cuda"))
             attributor = ray.remote(AttributionWorker).options(num_cpus=rc.attribution_cpus, num_gpus=gpus).remote()
-            attribution = attributor.run.remote(cfg, progress)  # runs while the workers fuse
+            # runs while the workers fuse
+            attribution = attributor.run.remote(cfg, cfg.base, cfg.sft, cfg.allow_pickle, progress)
             with timer.phase("write"):
                 fused = group.map("write", plans, [(None, "")] * len(plans), "fuse", progress)
             with timer.phase("attribution_wait"):

@@ -1,0 +1,1 @@
+"""One package per command: its typed config, its driver and its report (figures, summary, json)."""

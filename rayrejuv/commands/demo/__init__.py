@@ -1,0 +1,1 @@
+"""`rayrejuv demo`: config, driver, report."""

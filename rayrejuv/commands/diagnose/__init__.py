@@ -1,0 +1,1 @@
+"""`rayrejuv diagnose`: config, driver, report."""

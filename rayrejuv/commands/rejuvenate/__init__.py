@@ -1,0 +1,1 @@
+"""`rayrejuv rejuvenate`: config, driver, report."""

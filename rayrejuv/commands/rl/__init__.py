@@ -1,0 +1,1 @@
+"""`rayrejuv rl`: config, driver, report."""

@@ -1,0 +1,1 @@
+"""`rayrejuv testbed`: config, driver, report."""

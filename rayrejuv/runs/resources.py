@@ -1,0 +1,15 @@
+"""How many logical CPUs a local Ray instance is started with, from what the run reserves."""
+
+from __future__ import annotations
+
+import math
+import os
+
+
+def local_cpus(demand: float) -> int:
+    """The machine's cores, or more when the run's actors reserve more than that.
+
+    The phases of a run alternate (rollouts, then the learner; fusion, then the reset), so
+    over-reserving logical CPUs on a small machine lets every actor start without the cores being
+    busy at once; under-reserving leaves an actor pending forever."""
+    return max(os.cpu_count() or 1, math.ceil(demand - 1e-9))
