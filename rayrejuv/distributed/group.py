@@ -8,22 +8,8 @@ from tqdm.auto import tqdm
 
 from rayrejuv.distributed.faults import fault_env
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
+from rayrejuv.distributed.partition import contiguous_ranges
 from rayrejuv.io.writer import ShardPlan
-
-
-def contiguous_ranges(sizes: list[int], parts: int) -> list[range]:
-    """Split items (in order) into at most `parts` contiguous ranges of similar total size."""
-    parts = max(1, min(parts, len(sizes)))
-    total, ranges, start, acc = sum(sizes), [], 0, 0
-    for i, s in enumerate(sizes):
-        acc += s
-        remaining_parts = parts - len(ranges) - 1
-        remaining_items = len(sizes) - i - 1
-        if remaining_parts > 0 and (acc >= total * (len(ranges) + 1) / parts or remaining_items == remaining_parts):
-            ranges.append(range(start, i + 1))
-            start = i + 1
-    ranges.append(range(start, len(sizes)))
-    return [r for r in ranges if len(r)]
 
 
 class LayerShardGroup:

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig
+from rayrejuv.method.entropy import token_entropy
 from rayrejuv.method.grpo import grpo_loss
-from rayrejuv.models.logprobs import completion_logits, token_entropy, token_logprobs
+from rayrejuv.models.logprobs import completion_logits, token_logprobs
 from rayrejuv.models.rollout import Rollout
 
 

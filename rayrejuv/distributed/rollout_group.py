@@ -8,19 +8,8 @@ import time
 
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_env
+from rayrejuv.distributed.partition import contiguous_ranges
 from rayrejuv.models.rollout import Rollout, Sampling
-
-
-def split(items: list, parts: int) -> list[range]:
-    """Contiguous, near-equal ranges (the first ones one longer); empty ranges dropped."""
-    q, r = divmod(len(items), parts)
-    bounds, start = [], 0
-    for i in range(parts):
-        end = start + q + (i < r)
-        if end > start:
-            bounds.append(range(start, end))
-        start = end
-    return bounds
 
 
 class RolloutGroup:
@@ -53,7 +42,7 @@ class RolloutGroup:
         import ray
         from ray.exceptions import RayActorError
 
-        shares = split(prompts, len(self.actors))
+        shares = contiguous_ranges([1] * len(prompts), len(self.actors))
         calls = {i: (self.actors[i], [prompts[j] for j in r], s.with_seed(s.seed + 100_003 * i))
                  for i, r in enumerate(shares)}
         refs = {i: getattr(a, method).remote(p, si) for i, (a, p, si) in calls.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from rayrejuv.errors import RejuvError
@@ -17,15 +19,21 @@ def resolve_device(device: str) -> torch.device:
     return d
 
 
-def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device):
-    """An eval-mode causal LM with frozen parameters (attribution differentiates activations only)."""
+def from_pretrained(path: Path, dtype: torch.dtype, use_safetensors: bool = True) -> torch.nn.Module:
+    """The one way a local HF causal LM is loaded: no hub access, no HF progress bars (ours say
+    what is happening), safetensors unless the checkpoint was accepted as pickle."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bars say what is happening
-    model = AutoModelForCausalLM.from_pretrained(
-        ckpt.path, dtype=dtype, local_files_only=True, use_safetensors=not ckpt.is_pickle
+    hf_logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, local_files_only=True, use_safetensors=use_safetensors
     )
+
+
+def load_model(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device):
+    """An eval-mode causal LM with frozen parameters (attribution differentiates activations only)."""
+    model = from_pretrained(ckpt.path, dtype, use_safetensors=not ckpt.is_pickle)
     model.to(device).eval().requires_grad_(False)
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):

@@ -77,12 +77,6 @@ def token_logprobs(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
     return logp * rollout.completion_mask
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy per position, in nats.  (N, T, V) -> (N, T)."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 def completion_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
     """Teacher-forced log pi(completion token | prefix) under `model`, as the learner and the
     reference compute them.  -> (N, T), 0 where masked. Differentiable."""

@@ -113,7 +113,7 @@ def grpo_worker(config: dict) -> None:
 
     from rayrejuv.distributed.learner import Learner
     from rayrejuv.io.checkpoint import Checkpoint
-    from rayrejuv.models.loading import DTYPES, load_tokenizer, pad_id
+    from rayrejuv.models.loading import DTYPES, from_pretrained, load_tokenizer, pad_id
 
     cfg = RLConfig.model_validate(config["cfg"])
     rollouts, reference, sink = config["rollouts"], config["reference"], config["sink"]
@@ -123,7 +123,7 @@ def grpo_worker(config: dict) -> None:
 
     tokenizer = load_tokenizer(Checkpoint(cfg.model, role="policy"))
     device = ray.train.torch.get_device() if cfg.learner.use_gpu else torch.device("cpu")
-    learner = Learner(_trainable(cfg.model, DTYPES[cfg.learner.dtype]), cfg.grpo, cfg.learner, device)
+    learner = Learner(from_pretrained(cfg.model, DTYPES[cfg.learner.dtype]), cfg.grpo, cfg.learner, device)
     experience = Experience(cfg, config["rows"], config["eval_rows"], rollouts, reference, pad_id(tokenizer))
 
     start = 0
@@ -172,14 +172,6 @@ def grpo_worker(config: dict) -> None:
             ray.get(sink.log.remote(done, metrics))
             bar.set_postfix(reward=f"{metrics['reward/mean']:+.3f}", entropy=f"{metrics['policy/entropy']:.3f}")
         _report(learner, tokenizer, done, metrics, due=done % cfg.checkpoint_every == 0 or done == cfg.steps)
-
-
-def _trainable(model_dir: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
 
 
 def _report(learner, tokenizer, step: int, metrics: dict, due: bool) -> None:

@@ -185,14 +185,14 @@ def ensure_base(layout: WorldLayout, cfg: TinyWorldConfig, tok, progress: bool, 
 
 def ensure_ladder(layout: WorldLayout, cfg: TinyWorldConfig, tok, sft_rows, progress: bool, run) -> dict:
     """SFT the base once, saving HF checkpoints at every ladder epoch and a resumable state."""
-    from transformers import AutoModelForCausalLM
+    from rayrejuv.models.loading import from_pretrained
 
     t = cfg.train
     epochs = list(t.sft_epochs)
     if all(layout.sft(e).is_dir() for e in epochs):
         return {}
     save_at = {steps_for(e, len(sft_rows), t.sft_batch_size): e for e in epochs}
-    model = AutoModelForCausalLM.from_pretrained(layout.base, dtype=torch.float32)
+    model = from_pretrained(layout.base, torch.float32)
     start, opt_state = 0, None
     if layout.sft_state.is_file():
         state = torch.load(layout.sft_state, weights_only=True)
