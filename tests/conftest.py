@@ -21,6 +21,28 @@ def _private_home(tmp_path_factory):
         os.environ["HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_ray_temp():
+    """Every Ray instance the tests start (and their subprocesses) lives under a private temp root:
+    a bare ray.init() joins the cluster named in <temp>/ray/ray_current_cluster, so with the shared
+    /tmp/ray the tests would join another user's `ray start` cluster, and theirs would join ours.
+    At the end, any process left under that root (ours only) is killed by pid."""
+    import shutil
+
+    from _ray_local import kill_ours, short_temp_dir
+
+    root = short_temp_dir("rjt")  # short: Ray's unix socket paths live below it
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = root
+    yield root
+    kill_ours(markers=[root])
+    shutil.rmtree(root, ignore_errors=True)
+    if old is None:
+        os.environ.pop("RAY_TMPDIR")
+    else:
+        os.environ["RAY_TMPDIR"] = old
+
+
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
 

@@ -52,19 +52,16 @@ def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, t
     import subprocess
     import sys
 
+    from _ray_local import LocalCluster
+
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("a-local-token")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     env["HOME"] = str(tmp_path)
     head_env = {**env, "RAY_AUTH_MODE": head_auth} if head_auth else env
-    ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
-    subprocess.run(
-        ray_cli + ["start", "--head", "--port=6391", "--num-cpus=2", "--include-dashboard=false"],
-        check=True,
-        env=head_env,
-        capture_output=True,
-    )
+    head = LocalCluster(head_env, tmp_path / "ray-logs", cpus=2)  # our own head: OS ports, own temp dir
     try:
+        head.start()
         base, sft = make_pair("llama")
         r = subprocess.run(
             [
@@ -80,7 +77,7 @@ def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, t
                 str(tmp_path / "out"),
                 "--fusion-only",
                 "--ray-address",
-                "127.0.0.1:6391",
+                head.address,
                 "--workers",
                 "1",
                 "--no-track",
@@ -89,9 +86,11 @@ def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, t
             env=env,
             capture_output=True,
             text=True,
+            timeout=300,
         )
         assert r.returncode == 0, r.stderr[-2000:]
         report = json.loads((tmp_path / "out" / "rejuvenation_report.json").read_text())
         assert report["execution"]["mode"] == "ray"
     finally:
-        subprocess.run(ray_cli + ["stop", "--force"], env=head_env, capture_output=True)
+        head.stop()  # only the processes of this head, by process group and pid (never `ray stop`)
+    assert not head.leftovers(), "Ray processes of the test's head survived teardown"

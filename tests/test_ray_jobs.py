@@ -15,48 +15,16 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from _ray_local import BIN, LocalCluster, free_ports, kill_groups, tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _tool(name: str) -> list[str]:
-    exe = BIN / name
-    if exe.exists():
-        return [str(exe)]
-    modules = {"ray": "ray.scripts.scripts", "mlflow": "mlflow.cli"}
-    return [sys.executable, "-c", f"import sys; from {modules[name]} import cli; sys.exit(cli())"]
-
-
-def _wait(what: str, ok, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = ok()
-        if got:
-            return got
-        time.sleep(every)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
 def _http_ok(url: str, token: str | None = None) -> bool:
@@ -68,125 +36,13 @@ def _http_ok(url: str, token: str | None = None) -> bool:
         return False
 
 
-def _kill_groups(procs: list[subprocess.Popen], grace: float = 40.0) -> None:
-    """SIGTERM the process groups we started, all at once (Ray nodes drain in parallel), then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        live = [p for p in procs if p.poll() is None]
-        for p in live:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        for p in live:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-
-
-def _leftovers(marker: str) -> list:
-    import psutil
-
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return out
-
-
-class LocalCluster:
-    """Head + one worker node via `ray start --block`, each 1 CPU, all ports chosen here."""
-
-    def __init__(self, tmp: Path, env: dict):
-        self.env = env
-        # one temp dir per node (short: unix socket paths), as on two machines: nodes sharing one
-        # would unpack the job's working_dir into the same runtime_resources directory, racing
-        self.temp_dirs = [tempfile.mkdtemp(prefix=f"rj{n}", dir="/tmp") for n in ("h", "w")]
-        self.logs_open: list = []
-        self.logs = tmp / "ray-logs"
-        self.logs.mkdir()
-        self.procs: list[subprocess.Popen] = []
-        (self.port, self.dashboard, self.client, *self.node_ports) = _free_ports(13)
-        self.address = f"127.0.0.1:{self.port}"
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard}"
-
-    def _node_flags(self, i: int) -> list[str]:
-        p = self.node_ports[5 * i : 5 * i + 5]
-        return [
-            "--num-cpus=1",
-            "--node-ip-address=127.0.0.1",
-            f"--temp-dir={self.temp_dirs[i]}",
-            f"--dashboard-agent-listen-port={p[0]}",
-            f"--dashboard-agent-grpc-port={p[1]}",
-            f"--metrics-export-port={p[2]}",
-            f"--runtime-env-agent-port={p[3]}",
-            f"--object-manager-port={p[4]}",
-            "--disable-usage-stats",
-            "--block",
-        ]
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "w")
-        self.logs_open.append(log)
-        self.procs.append(
-            subprocess.Popen(
-                _tool("ray") + ["start", *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-
-    def start(self) -> None:
-        self._start(
-            "head",
-            [
-                "--head",
-                f"--port={self.port}",
-                f"--dashboard-port={self.dashboard}",
-                "--include-dashboard=true",
-                f"--ray-client-server-port={self.client}",
-                *self._node_flags(0),
-            ],
-        )
-        version = f"{self.dashboard_url}/api/version"
-        _wait("Ray dashboard", lambda: self._alive() and _http_ok(version, self.env["RAY_AUTH_TOKEN"]), 120)
-        self._start("worker", [f"--address={self.address}", *self._node_flags(1)])
-        _wait("two Ray nodes", lambda: self._alive() and len(self.node_ids()) == 2, 120, every=3)
-
-    def _alive(self) -> bool:
-        for p, name in zip(self.procs, ("head", "worker")):
-            if p.poll() is not None:
-                raise RuntimeError(f"ray start ({name}) exited: {(self.logs / f'{name}.log').read_text()[-3000:]}")
-        return True
-
-    def node_ids(self) -> list[str]:
-        code = (
-            f"import ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
-            "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
-        )
-        r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
-        return r.stdout.strip().splitlines()[-1].split() if r.returncode == 0 and r.stdout.strip() else []
-
-    def stop(self) -> None:
-        _kill_groups(self.procs)
-        for p in self.leftovers():  # processes of this cluster only
-            try:
-                p.kill()
-            except Exception:
-                pass
-        for d in self.temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        for f in self.logs_open:
-            f.close()
-
-    def leftovers(self) -> list:
-        return [p for d in self.temp_dirs for p in _leftovers(d)]
+def _node_ids(c: LocalCluster) -> list[str]:
+    code = (
+        f"import ray; ray.init(address={c.address!r}, logging_level='ERROR', log_to_driver=False); "
+        "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=c.env, capture_output=True, text=True, timeout=120)
+    return r.stdout.strip().splitlines()[-1].split() if r.returncode == 0 and r.stdout.strip() else []
 
 
 @pytest.fixture
@@ -208,9 +64,13 @@ def env(tmp_path):
 
 @pytest.fixture
 def cluster(tmp_path, env):
-    c = LocalCluster(tmp_path, env)
+    """Head + one worker node via `ray start --block`, each 1 CPU, with the dashboard (the job API)."""
+    c = LocalCluster(env, tmp_path / "ray-logs", nodes=2, cpus=1, dashboard=True)
     try:
         c.start()
+        version = f"{c.dashboard_url}/api/version"
+        wait_for("Ray dashboard", lambda: c.alive() and _http_ok(version, env["RAY_AUTH_TOKEN"]), 120)
+        wait_for("two Ray nodes", lambda: c.alive() and len(_node_ids(c)) == 2, 120, every=3)
         yield c
     finally:
         c.stop()
@@ -219,12 +79,12 @@ def cluster(tmp_path, env):
 
 @pytest.fixture
 def mlflow_server(tmp_path, env):
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     store = tmp_path / "mlflow"
     store.mkdir()
     log = open(tmp_path / "mlflow-server.log", "w")
     proc = subprocess.Popen(
-        _tool("mlflow")
+        tool("mlflow")
         + [
             "server",
             "--host=127.0.0.1",
@@ -241,15 +101,15 @@ def mlflow_server(tmp_path, env):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait("MLflow server", lambda: proc.poll() is not None or _http_ok(f"{url}/health"), 120)
+        wait_for("MLflow server", lambda: proc.poll() is not None or _http_ok(f"{url}/health"), 120)
         assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
         yield url
     finally:
-        _kill_groups([proc])
+        kill_groups([proc])
 
 
 def _ray(env, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(_tool("ray") + list(args), env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(tool("ray") + list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflow_server):
@@ -297,7 +157,7 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
         return _ray(env, "job", "logs", f"--address={cluster.dashboard_url}", job_id).stdout[-4000:]
 
     try:
-        final = _wait(f"job {job_id}", status, timeout=900, every=3)
+        final = wait_for(f"job {job_id}", status, timeout=900, every=3)
     except TimeoutError:
         pytest.fail(f"job {job_id} did not finish in 900 s:\n{logs()}")
     seconds = time.monotonic() - t0
@@ -307,7 +167,7 @@ def test_ray_job_submit_demo_logs_to_mlflow_server(tmp_path, env, cluster, mlflo
     reports = [json.loads(p.read_text()) for p in out.rglob("rejuvenation_report.json")]
     assert reports and all(rep["execution"]["mode"] == "ray" for rep in reports)
     # the job's actors ran on this two-node cluster, not on a local instance of their own
-    nodes = set(cluster.node_ids())
+    nodes = set(_node_ids(cluster))
     assert len(nodes) == 2 and all(set(rep["execution"]["nodes"]) <= nodes for rep in reports), nodes
 
     client = MlflowClient(mlflow_server)

@@ -4,6 +4,7 @@ retried then recorded as failed."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _ray_local import kill_ours, short_temp_dir
 from conftest import load_tensors, same_bits
 
 PROBE = {"steps": 2, "report_every": 1,
@@ -98,19 +100,26 @@ def test_killed_search_resumes_without_rerunning_finished_trials(pair, tmp_path)
     args = [sys.executable, "-m", "rayrejuv.cli", "tune", *[a for k, v in pair.items()
             for a in (f"--{k.replace('_', '-')}", str(v))], "--out", str(out), "--num-samples", "4",
             "--max-concurrent", "1", "--config", str(yaml_cfg), "--no-track", "--quiet"]
-    env = {**os.environ, "HOME": str(tmp_path)}
+    ray_tmp = short_temp_dir("rjk")  # the driver's local Ray instance lives here, and only it
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
     p = subprocess.Popen(args, env=env, start_new_session=True)
-    # two trials reported their result and the third started: Tune has recorded the first two
-    while len(list(out.glob("trials/*/result.json"))) < 2 or len(list(out.glob("trials/*"))) < 3:
-        assert p.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(1)
-    time.sleep(3)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    # the killed driver's local Ray instance (this stops every Ray process on the machine: CI runs alone)
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True)
-    finished_before = {d.parent.name for d in out.glob("trials/*/result.json")}
-    subprocess.run([*args, "--resume"], env=env, check=True, timeout=900)
+    try:
+        # two trials reported their result and the third started: Tune has recorded the first two
+        deadline = time.monotonic() + 900
+        while len(list(out.glob("trials/*/result.json"))) < 2 or len(list(out.glob("trials/*"))) < 3:
+            assert p.poll() is None, "the search ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no two trials finished in 900 s"
+            time.sleep(1)
+        time.sleep(3)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        # the killed driver's local Ray instance: its processes only, by pid (never `ray stop`)
+        assert not kill_ours({p.pid}, [ray_tmp]), "processes of the killed search's Ray survived SIGKILL"
+        finished_before = {d.parent.name for d in out.glob("trials/*/result.json")}
+        subprocess.run([*args, "--resume"], env=env, check=True, timeout=900)
+    finally:  # the driver's session (its Ray workers too) and whatever names the temp dir: ours only
+        kill_ours({p.pid}, [ray_tmp])
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     board = json.loads((out / "leaderboard.json").read_text())
     assert len(board) == 4 and all(r["status"] == "finished" for r in board)
     for trial in finished_before:  # started once, never again
