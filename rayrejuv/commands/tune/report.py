@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rayrejuv.commands.tune.results import TrialRow, TuneSummary, leaderboard_markdown
 from rayrejuv.figures import pyplot
 
 
-def plot_objective_vs_params(rows: list[dict], params: list[str], path: Path) -> None:
+def plot_objective_vs_params(rows: list[TrialRow], params: list[str], path: Path) -> None:
     """One scatter per hyperparameter: the search objective of every finished trial."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.0), squeeze=False)
     for ax, name in zip(axes[0], params):
-        xs = [r[name] for r in rows]
+        xs = [r.params[name] for r in rows]
         labels = sorted({str(x) for x in xs}) if any(isinstance(x, str) for x in xs) else None
         pos = [labels.index(str(x)) for x in xs] if labels else xs
-        ax.scatter(pos, [r["objective"] for r in rows], s=18)
+        ax.scatter(pos, [r.objective for r in rows], s=18)
         if labels:
             ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(name)
@@ -23,3 +24,10 @@ def plot_objective_vs_params(rows: list[dict], params: list[str], path: Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def print_tune_summary(summary: TuneSummary) -> None:
+    """The leaderboard (as leaderboard.md), the best trial's config and checkpoint, the times."""
+    print(leaderboard_markdown(summary.leaderboard, list(summary.best.params)))
+    print(f"best: {summary.best_yaml} (checkpoint {summary.best_checkpoint})")
+    print(f"search {summary.wall_seconds:.0f}s; sum of trial times {summary.trial_seconds_sum:.0f}s")
