@@ -48,7 +48,7 @@ def tune(cfg: TuneConfig, progress: bool) -> None:
     from rayrejuv.commands.tune.driver import run_tune
     from rayrejuv.commands.tune.report import print_tune_summary
 
-    print_tune_summary(run_tune(cfg, progress=progress), cfg.out)
+    print_tune_summary(run_tune(cfg, progress=progress))
 
 
 def testbed_build(cfg: TinyWorldConfig, progress: bool) -> None:
