@@ -131,7 +131,8 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     cfg = small_config(tmp_path / "tb")
     m = build_testbed(cfg, progress=False)
     layout = WorldLayout(tmp_path / "tb")
-    assert m["complete"] and set(m["sft_losses"]) == {"0.5", "1", "2"}
+    assert m.complete and set(m.sft_losses) == {"0.5", "1", "2"}
+    assert json.loads((tmp_path / "tb" / "testbed.json").read_text()) == m.to_json()
     for name in ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_hard", "eval_wide", "eval_general"):
         rows = [json.loads(x) for x in layout.data(name).read_text().splitlines()]
         assert len(rows) == {"sft": 48, "calibration": 8, "rl_train": 16}.get(name, 12)
@@ -146,7 +147,8 @@ def test_build_layout_loads_and_is_cached(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in layout.root.rglob("*.safetensors")}
     again = build_testbed(cfg, progress=False)  # cached: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in layout.root.rglob("*.safetensors")} == mtimes
-    assert again["complete"]
+    assert again.complete and again.sft_losses == m.sft_losses  # kept: nothing was trained again
+    assert again.pretrain_final_loss == m.pretrain_final_loss and set(again.timings_s) == set(m.timings_s)
     with pytest.raises(RejuvError, match="different settings .*pass --force"):
         build_testbed(small_config(tmp_path / "tb", seed=1), progress=False)
 
@@ -188,3 +190,17 @@ def test_force_refuses_a_foreign_directory(tmp_path):
     with pytest.raises(RejuvError, match="not a testbed directory"):
         build_testbed(small_config(tmp_path / "mine", force=True), progress=False)
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_manifest_adds_timings_and_keeps_losses_of_what_was_not_retrained():
+    from rayrejuv.commands.testbed.driver import BuildManifest
+
+    first = BuildManifest(config={"seed": 0}, complete=False).finished(
+        {"data": 1.234, "pretrain": 5.0}, [2.0, 1.5], {"1": 0.5}
+    )
+    assert first.to_json() == {"config": {"seed": 0}, "complete": True, "timings_s": {"data": 1.23, "pretrain": 5.0},
+                               "pretrain_final_loss": 1.5, "sft_losses": {"1": 0.5}}
+    again = first.finished({"data": 0.111, "sft_ladder": 2.0}, [], {})
+    assert again.timings_s == {"data": 0.11, "pretrain": 5.0, "sft_ladder": 2.0}
+    assert (again.pretrain_final_loss, again.sft_losses) == (1.5, {"1": 0.5})
+    assert BuildManifest(config={}, complete=False).to_json() == {"config": {}, "complete": False, "timings_s": {}}

@@ -1,4 +1,4 @@
-"""The tiny world's model, data and training sections (built by rayrejuv.testbed)."""
+"""The tiny world's model, data and training sections (built by rayrejuv.testbed), and the spec that holds them."""
 
 from __future__ import annotations
 
@@ -74,3 +74,13 @@ class WorldTrainConfig(Config):
         ):
             raise ValueError("sft_epochs must be a non-empty, strictly increasing list of positive epochs")
         return self
+
+
+class WorldSpec(Config):
+    """What determines a tiny world's artefacts: the seed and the model, data and training sections
+    (`rayrejuv testbed build` adds where it goes and how it is tracked; the demo embeds it as is)."""
+
+    seed: int = Field(0, description="seed of data, initialisation and data order")
+    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    data: WorldDataConfig = Field(default_factory=WorldDataConfig)
+    train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)

@@ -1,4 +1,5 @@
-"""Typed config of `rayrejuv testbed build`: the tiny world's directory, seed and sections."""
+"""Typed config of `rayrejuv testbed build`: the world's spec (seed, model, data, train) plus
+its directory and tracking; the keys stay flat (`seed: 1`, `model: {...}`)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,15 @@ from typing import Any
 
 from pydantic import Field
 
-from rayrejuv.config.base import Config
 from rayrejuv.config.runtime import TrackingConfig
-from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldTrainConfig
+from rayrejuv.config.world import WorldSpec
 
 
-class TinyWorldConfig(Config):
+class TinyWorldConfig(WorldSpec):
     out: Path = Field(Path("rayrejuv-testbed"), description="testbed directory (base/, sft/epoch-<e>/, data/)")
-    seed: int = Field(0, description="seed of data, initialisation and data order")
-    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    data: WorldDataConfig = Field(default_factory=WorldDataConfig)
-    train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
     force: bool = Field(False, description="rebuild everything even if cached")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the artefacts (not where they go or how the run is tracked)."""
         return self.model_dump(mode="json", exclude={"out", "force", "tracking"})
-
-

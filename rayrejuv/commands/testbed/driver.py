@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
-from rayrejuv.runs.directory import claim_run_dir
+from rayrejuv.runs.directory import RunDir, claim_run_dir
 from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.testbed import task
 from rayrejuv.testbed.tiny import build_model, tiny_config
@@ -59,9 +60,34 @@ class WorldLayout:
         return self.root / ".state" / "sft-last.pt"
 
 
-def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class BuildManifest:
+    """testbed.json: the config the world was built with (its fingerprint), whether the build
+    finished, and what the builds measured (timings add up over resumed builds)."""
+
+    config: dict[str, Any]
+    complete: bool
+    timings_s: dict[str, float] = field(default_factory=dict)
+    pretrain_final_loss: float | None = None  # None until the base is trained
+    sft_losses: dict[str, float] | None = None  # ladder epoch -> SFT loss at its checkpoint
+
+    def finished(self, seconds: dict[str, float], pretrain: list[float], sft: dict[str, float]) -> BuildManifest:
+        """After a build: this run's phase times added; the losses of what it trained (the rest kept)."""
+        return replace(
+            self,
+            complete=True,
+            timings_s={**self.timings_s, **{k: round(v, 2) for k, v in seconds.items()}},
+            pretrain_final_loss=pretrain[-1] if pretrain else self.pretrain_final_loss,
+            sft_losses=sft or self.sft_losses,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> BuildManifest:
     layout = WorldLayout(Path(cfg.out))
-    _claim_directory(layout, cfg)
+    run_dir = _claim_directory(layout, cfg)
     timer = PhaseTimer()
     with tracked_run(cfg.tracking, run_name=f"testbed:{layout.root.name}") as run:
         run.log_params(cfg.model_dump(mode="json"))
@@ -73,25 +99,21 @@ def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> dict:
             pretrain_losses = ensure_base(layout, cfg, tok, progress, run)
         with timer.phase("sft_ladder"):
             sft_losses = ensure_ladder(layout, cfg, tok, rows["sft"], progress, run)
-        manifest = json.loads((layout.root / MANIFEST).read_text())
-        manifest["timings_s"] = {**manifest.get("timings_s", {}), **{k: round(v, 2) for k, v in timer.seconds.items()}}
-        if pretrain_losses:
-            manifest["pretrain_final_loss"] = pretrain_losses[-1]
-        if sft_losses:
-            manifest["sft_losses"] = sft_losses
-        manifest["complete"] = True
-        _write_json(layout.root / MANIFEST, manifest)
+        manifest = BuildManifest(**run_dir.state).finished(timer.seconds, pretrain_losses, sft_losses)
+        run_dir.state = manifest.to_json()
+        run_dir.save()
         run.log_metrics({f"time.{k}": v for k, v in timer.seconds.items()})
-        run.log_artifact(layout.root / MANIFEST)
+        run.log_artifact(run_dir.manifest)
     return manifest
 
 
-def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> None:
+def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> RunDir:
     """A directory belongs to one config: reuse it only when the fingerprints match; --force rebuilds."""
     run_dir = claim_run_dir(layout.root, manifest=MANIFEST, fingerprint=cfg.fingerprint(), kind="testbed directory",
-                  replace=cfg.force, replace_flag="--force", initial={"complete": False}, key="config")
+                            replace=cfg.force, replace_flag="--force", initial={"complete": False}, key="config")
     if not run_dir.resumed:
         run_dir.save()
+    return run_dir
 
 
 def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:
@@ -234,6 +256,3 @@ def _log_every(num_steps: int) -> int:
     """About 200 points per loss curve."""
     return max(1, num_steps // 200)
 
-
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2))
