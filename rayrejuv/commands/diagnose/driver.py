@@ -1,8 +1,10 @@
 """`rayrejuv diagnose`: is this SFT checkpoint rigid? (paper Table 1 symptoms + Figure 3 drift)
 
-For the base (reference) and every SFT checkpoint: SFT loss and mean token entropy
-(teacher-forced), greedy pass@1, pass@k and their gap; per-matrix drift from the base. Then a
-verdict per checkpoint from explicit thresholds, a Markdown report, figures and diagnose.json.
+    for every SFT checkpoint: drift from the base, per matrix
+    for the base (reference) and every SFT checkpoint:
+        SFT loss and mean token entropy (teacher-forced), greedy pass@1, pass@k and their gap
+        verdict from explicit thresholds (rigid, at risk, plastic)
+    figures, report.md and diagnose.json -> OUT (written to a temporary sibling, renamed when complete)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.commands.diagnose.config import DiagnoseConfig
-from rayrejuv.commands.diagnose.report import plot_drift_by_layer, plot_heatmaps, plot_ladder
+from rayrejuv.commands.diagnose.report import markdown_report, plot_drift_by_layer, plot_heatmaps, plot_ladder
+from rayrejuv.commands.diagnose.results import Diagnosis, DiagnosisRow, DriftRow, Thresholds
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.pair import check_pair
@@ -23,61 +26,44 @@ from rayrejuv.io.writer import AtomicDir
 from rayrejuv.method.metrics import mean_squared_drift, pooled_abs_delta, relative_drift
 from rayrejuv.models.evaluate import evaluate_pass_at_k, teacher_forced_stats
 from rayrejuv.models.loading import load_model, load_tokenizer, resolve_device
-from rayrejuv.runs.tracking import tracked_run
+from rayrejuv.runs.tracking import Run, tracked_run
 
 _EPOCH = re.compile(r"epoch-([0-9.]+)$")
 
 
-def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> dict:
+def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> Diagnosis:
+    # A report, not a resumable run: it appears complete or not at all, and --overwrite replaces
+    # the old one only once the new one is written (AtomicDir; a run directory is claimed up front).
     out = AtomicDir(cfg.out or Path(f"diagnose-{Path(cfg.sft[-1]).name}"), overwrite=cfg.overwrite)
+    base, sfts = _checkpoints(cfg)
+    labels = _labels(cfg.sft)
+    rows, device = _read_data(cfg), resolve_device(cfg.device)
+    thresholds = Thresholds(entropy=cfg.entropy_threshold, sft_loss=cfg.loss_threshold, pass_gap=cfg.gap_threshold)
+    with tracked_run(cfg.tracking, run_name=f"diagnose:{labels[-1]}") as run, out:
+        run.log_params(cfg.model_dump(mode="json"))
+        checkpoints = ([("base", base)] if cfg.include_base else []) + list(zip(labels, sfts))
+        measured = {label: evaluate_checkpoint(ckpt, rows, cfg, device, progress) for label, ckpt in checkpoints}
+        drift = {label: drift_table(base, ckpt, progress) for label, ckpt in zip(labels, sfts)}
+        table = [
+            DiagnosisRow(checkpoint=label, path=str(ckpt.path), **measured[label], **drift_summary(drift, label))
+            .judged(thresholds)
+            for label, ckpt in checkpoints
+        ]
+        figures = write_figures(out.tmp, cfg, base, sfts[-1], labels, table, drift)
+        result = Diagnosis(cfg.model_dump(mode="json"), thresholds, table, drift, figures, out=str(out.target))
+        (out.tmp / "diagnose.json").write_text(json.dumps(result.to_json(), indent=2))
+        (out.tmp / "report.md").write_text(markdown_report(result))
+        out.commit()
+        _log(run, result)
+    return result
+
+
+def _checkpoints(cfg: DiagnoseConfig) -> tuple[Checkpoint, list[Checkpoint]]:
     base = Checkpoint(cfg.base, role="base")
     sfts = [Checkpoint(p, role="SFT") for p in cfg.sft]
     for s in sfts:
         check_pair(base, s)
-    rows = _read_data(cfg)
-    labels = _labels(cfg.sft)
-    device = resolve_device(cfg.device)
-    with tracked_run(cfg.tracking, run_name=f"diagnose:{labels[-1]}") as run, out:
-        run.log_params(cfg.model_dump(mode="json"))
-        table = []
-        for label, ckpt in ([("base", base)] if cfg.include_base else []) + list(zip(labels, sfts)):
-            row = {
-                "checkpoint": label,
-                "path": str(ckpt.path),
-                **evaluate_checkpoint(ckpt, rows, cfg, device, progress),
-            }
-            table.append(row)
-        drift = {}
-        for label, ckpt in zip(labels, sfts):
-            drift[label] = drift_table(base, ckpt, progress)
-        for r in table:
-            if r["checkpoint"] in drift:
-                r["drift_msd_mean"] = sum(d["msd"] for d in drift[r["checkpoint"]]) / len(drift[r["checkpoint"]])
-                r["drift_rel_max"] = max(d["relative"] for d in drift[r["checkpoint"]])
-            r["verdict"], r["symptoms"] = verdict(r, cfg)
-        figures = write_figures(out.tmp, cfg, base, sfts[-1], labels, table, drift)
-        result = {
-            "config": cfg.model_dump(mode="json"),
-            "thresholds": {
-                "entropy": cfg.entropy_threshold,
-                "sft_loss": cfg.loss_threshold,
-                "pass_gap": cfg.gap_threshold,
-            },
-            "rows": table,
-            "drift": drift,
-            "figures": figures,
-        }
-        (out.tmp / "diagnose.json").write_text(json.dumps(result, indent=2))
-        (out.tmp / "report.md").write_text(markdown_report(result))
-        out.commit()
-        for r in table:
-            run.log_metrics({f"{r['checkpoint']}.{k}": v for k, v in r.items() if isinstance(v, (int, float))})
-        run.log_artifact(out.target / "diagnose.json")
-        run.log_artifact(out.target / "report.md")
-        for f in figures:
-            run.log_artifact(out.target / f, artifact_path="figures")
-    result["out"] = str(out.target)
-    return result
+    return base, sfts
 
 
 def _read_data(cfg: DiagnoseConfig) -> list[dict[str, str]]:
@@ -91,7 +77,18 @@ def _labels(paths: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
+def _log(run: Run, result: Diagnosis) -> None:
+    for r in result.rows:
+        run.log_metrics({f"{r.checkpoint}.{k}": v for k, v in r.numbers().items()})
+    out = Path(result.out)
+    run.log_artifact(out / "diagnose.json")
+    run.log_artifact(out / "report.md")
+    for f in result.figures:
+        run.log_artifact(out / f, artifact_path="figures")
+
+
 def evaluate_checkpoint(ckpt: Checkpoint, rows, cfg: DiagnoseConfig, device, progress: bool) -> dict:
+    """The DiagnosisRow fields the data allows: loss and entropy from responses, pass@k from answers."""
     if not rows:
         return {}
     tok = load_tokenizer(ckpt)
@@ -123,51 +120,32 @@ def evaluate_checkpoint(ckpt: Checkpoint, rows, cfg: DiagnoseConfig, device, pro
     return out
 
 
-def drift_table(base: Checkpoint, sft: Checkpoint, progress: bool) -> list[dict]:
+def drift_table(base: Checkpoint, sft: Checkpoint, progress: bool) -> list[DriftRow]:
     """Per matrix (every tensor of the SFT checkpoint): mean-squared and relative drift."""
     rows = []
     for name in tqdm(sft.names, desc=f"drift {sft.path.name}", unit="tensor", disable=not progress):
         s, b = sft.get(name), base.get(name)
         role = sft.spec.role(name)
         module = role.kind.name if role.kind is not None else name.rsplit(".", 2)[-2]
-        rows.append(
-            {
-                "name": name,
-                "layer": role.layer,
-                "module": module,
-                "msd": mean_squared_drift(s, b),
-                "relative": relative_drift(s, b),
-            }
-        )
+        rows.append(DriftRow(name, role.layer, module, mean_squared_drift(s, b), relative_drift(s, b)))
     return rows
 
 
-def verdict(row: dict, cfg: DiagnoseConfig) -> tuple[str, list[str]]:
-    """rigid: two or more symptoms; at risk: one; plastic: none (measured symptoms only)."""
-    symptoms = []
-    if row.get("entropy") is not None and row["entropy"] < cfg.entropy_threshold:
-        symptoms.append("entropy collapse")
-    if row.get("sft_loss") is not None and row["sft_loss"] < cfg.loss_threshold:
-        symptoms.append("SFT loss saturation")
-    if row.get("pass_gap") is not None and row["pass_at_1"] > 0 and row["pass_gap"] < cfg.gap_threshold:
-        symptoms.append("diversity collapse")  # a model that solves nothing has no diversity to lose
-    return ("rigid" if len(symptoms) >= 2 else "at risk" if symptoms else "plastic"), symptoms
+def drift_summary(drift: dict[str, list[DriftRow]], label: str) -> dict[str, float]:
+    """Mean squared drift over the matrices, and the largest relative drift (none for the base)."""
+    if label not in drift:
+        return {}
+    rows = drift[label]
+    return {"drift_msd_mean": sum(d.msd for d in rows) / len(rows), "drift_rel_max": max(d.relative for d in rows)}
 
 
-def write_figures(directory: Path, cfg, base, last_sft, labels, table, drift) -> list[str]:
-    figs = []
+def write_figures(directory: Path, cfg, base, last_sft, labels, table: list[DiagnosisRow], drift) -> list[str]:
     plot_drift_by_layer(drift, directory / "drift_by_layer.png")
-    figs.append("drift_by_layer.png")
-    if cfg.heatmaps:
-        top = sorted(
-            (d for d in drift[labels[-1]] if len(last_sft.meta(d["name"]).shape) == 2), key=lambda d: -d["msd"]
-        )[: cfg.heatmaps]
-        maps = [(d["name"], pooled_abs_delta(last_sft.get(d["name"]), base.get(d["name"]))) for d in top]
-        if maps:
-            plot_heatmaps(maps, f"largest |SFT - base| ({labels[-1]})", directory / "drift_heatmaps.png")
-            figs.append("drift_heatmaps.png")
-    sft_rows = [r for r in table if r["checkpoint"] in labels]
-    if len(sft_rows) > 1 and ("entropy" in sft_rows[0] or "pass_at_1" in sft_rows[0]):
+    figs = ["drift_by_layer.png"]
+    if cfg.heatmaps and _plot_top_heatmaps(directory, cfg.heatmaps, base, last_sft, labels[-1], drift[labels[-1]]):
+        figs.append("drift_heatmaps.png")
+    sft_rows = [r for r in table if r.checkpoint in labels]
+    if len(sft_rows) > 1 and (sft_rows[0].entropy is not None or sft_rows[0].pass_at_1 is not None):
         epochs = [_EPOCH.search(lbl) for lbl in labels]
         if all(epochs):
             xs, xlabel = [float(m.group(1)) for m in epochs], "SFT epochs"
@@ -178,40 +156,10 @@ def write_figures(directory: Path, cfg, base, last_sft, labels, table, drift) ->
     return figs
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
-
-
-def markdown_report(result: dict) -> str:
-    t = result["thresholds"]
-    cols = [
-        "checkpoint",
-        "sft_loss",
-        "entropy",
-        "pass_at_1",
-        "pass_at_k",
-        "pass_gap",
-        "drift_msd_mean",
-        "drift_rel_max",
-        "verdict",
-    ]
-    lines = [
-        "# rayrejuv diagnose",
-        "",
-        f"Verdict rules: a symptom is entropy < {t['entropy']} nats, SFT loss < {t['sft_loss']}, or "
-        f"pass@k - pass@1 < {t['pass_gap']} (with pass@1 > 0); two or more symptoms = **rigid**, one = **at risk**.",
-        "",
-        "| " + " | ".join(c.replace("_at_", "@") for c in cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for r in result["rows"]:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    lines += [""] + [f"![{f}]({f})" for f in result["figures"]] + [""]
-    for r in result["rows"]:
-        if r.get("symptoms"):
-            lines.append(f"- **{r['checkpoint']}**: {r['verdict']} ({', '.join(r['symptoms'])})")
-    return "\n".join(lines) + "\n"
+def _plot_top_heatmaps(directory: Path, n: int, base, sft, label: str, drift: list[DriftRow]) -> bool:
+    """Heat maps of the `n` most-drifted matrices of `sft`; False when it has no matrix."""
+    top = sorted((d for d in drift if len(sft.meta(d.name).shape) == 2), key=lambda d: -d.msd)[:n]
+    maps = [(d.name, pooled_abs_delta(sft.get(d.name), base.get(d.name))) for d in top]
+    if maps:
+        plot_heatmaps(maps, f"largest |SFT - base| ({label})", directory / "drift_heatmaps.png")
+    return bool(maps)
