@@ -140,19 +140,28 @@ class LocalCluster:
     def _log(self, i: int) -> Path:
         return self.logs / f"node{i}.log"
 
-    def _start_node(self, i: int, args: list[str], timeout: float = 180) -> None:
-        log = open(self._log(i), "w")
-        self._logs_open.append(log)
-        self.procs.append(
-            subprocess.Popen(
+    def _start_node(self, i: int, args: list[str], timeout: float = 180, attempts: int = 2) -> None:
+        """Start node i; once more if it exits early (Ray gives a node 30 s, fixed, to register with
+        the GCS: on a loaded machine that can fail)."""
+        for attempt in range(attempts):
+            log = open(self._log(i), "w")
+            self._logs_open.append(log)
+            proc = subprocess.Popen(
                 tool("ray") + ["start", *args, *self._node_flags(i)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        )
-        wait_for(f"ray start (node {i})", lambda: self.alive() and READY in self._log(i).read_text(), timeout)
+            self.procs.append(proc)
+            try:
+                wait_for(f"ray start (node {i})", lambda: self.alive() and READY in self._log(i).read_text(), timeout)
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                kill_ours({proc.pid}, [self.temp_dirs[i]])
+                self.procs.remove(proc)
 
     def start(self) -> LocalCluster:
         self._start_node(
