@@ -78,19 +78,21 @@ def test_killed_driver_leaves_no_checkpoint_and_resume_reuses_shards(make_pair, 
         "--no-track",
         "--quiet",
     ]
-    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True)
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     n_shards = len(json.loads((tmp_path / "ref" / "rejuvenation_report.json").read_text())["output"]["files"])
     env = {"RAYREJUV_FAULT_ONCE": str(tmp_path / "died"), "RAYREJUV_FAULT_AFTER": "3", "HOME": str(tmp_path)}
     import os
 
     crashed = subprocess.run(
-        cmd + ["--out", str(tmp_path / "out")], capture_output=True, text=True, env={**os.environ, **env}
+        cmd + ["--out", str(tmp_path / "out")], capture_output=True, text=True, env={**os.environ, **env}, timeout=600
     )
     assert crashed.returncode == 1 and (tmp_path / "died").exists()  # the driver died abruptly
     assert not (tmp_path / "out").exists()  # no checkpoint at the target
     assert len(list((tmp_path / ".out.partial").glob("*.done.json"))) == 3
-    resumed = subprocess.run(cmd + ["--out", str(tmp_path / "out"), "--resume"], capture_output=True, text=True)
+    resumed = subprocess.run(
+        cmd + ["--out", str(tmp_path / "out"), "--resume"], capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads((tmp_path / "out" / "rejuvenation_report.json").read_text())
     assert report["output"]["reused_shards"] == 3 and n_shards > 3

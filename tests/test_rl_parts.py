@@ -146,6 +146,6 @@ def test_cli_rl_refuses_a_missing_model(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "rayrejuv.cli", "rl", "--model", str(tmp_path / "nope"), "--train-data",
          str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o"), "--no-track"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=300,
     )
     assert p.returncode == 2 and "is not a directory" in p.stderr and "Traceback" not in p.stderr
