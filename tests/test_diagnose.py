@@ -97,7 +97,11 @@ def test_diagnose_writes_report_figures_and_json(ladder, tmp_path):
         assert (out / f).stat().st_size > 5000
     report = (out / "report.md").read_text()
     assert "| epoch-2 |" in report and "![ladder.png](ladder.png)" in report
-    assert result["rows"][0]["checkpoint"] == "base"
+    assert result.rows[0].checkpoint == "base" and result.to_json() == on_disk
+    assert result.out == str(out.absolute())
+    from rayrejuv.commands.diagnose.results import Diagnosis
+
+    assert Diagnosis.from_json(on_disk, out=result.out) == result  # the demo reuses a diagnosis from disk
 
 
 def test_diagnose_cli_refuses_mismatched_pair(ladder, tmp_path, make_pair):
@@ -113,3 +117,24 @@ def test_diagnose_cli_refuses_mismatched_pair(ladder, tmp_path, make_pair):
         timeout=300,
     )
     assert r.returncode == 2 and "base is Qwen3ForCausalLM but SFT is LlamaForCausalLM" in r.stderr
+
+
+def test_verdicts_from_thresholds_and_json_leaves_out_what_was_not_measured():
+    from rayrejuv.commands.diagnose.results import DiagnosisRow, Thresholds
+
+    th = Thresholds(entropy=0.05, sft_loss=0.01, pass_gap=0.05)
+    row = DiagnosisRow(checkpoint="e32", path="/p", sft_loss=0.009, entropy=0.049, pass_at_1=0.5, pass_at_k=0.56,
+                       pass_gap=0.06)
+    judged = row.judged(th)
+    assert (judged.verdict, judged.symptoms) == ("rigid", ["entropy collapse", "SFT loss saturation"])
+    assert row.judged(Thresholds(entropy=0.049, sft_loss=0.009, pass_gap=0.06)).verdict == "plastic"  # strict <
+    gap = DiagnosisRow(checkpoint="g", path="/p", pass_at_1=0.5, pass_at_k=0.52, pass_gap=0.02).judged(th)
+    assert (gap.verdict, gap.symptoms) == ("at risk", ["diversity collapse"])
+    unsolved = DiagnosisRow(checkpoint="z", path="/p", pass_at_1=0.0, pass_at_k=0.0, pass_gap=0.0).judged(th)
+    assert unsolved.verdict == "plastic"  # solving nothing is not a diversity collapse
+    bare = DiagnosisRow(checkpoint="base", path="/b").judged(th)
+    assert bare.to_json() == {"checkpoint": "base", "path": "/b", "verdict": "plastic", "symptoms": []}
+    assert list(judged.to_json()) == ["checkpoint", "path", "sft_loss", "entropy", "pass_at_1", "pass_at_k",
+                                      "pass_gap", "verdict", "symptoms"]
+    assert judged.numbers() == {"sft_loss": 0.009, "entropy": 0.049, "pass_at_1": 0.5, "pass_at_k": 0.56,
+                                "pass_gap": 0.06}
