@@ -139,6 +139,50 @@ def test_rewards_malformed_is_wrong():
     assert r.tolist() == [1.0, -1.0, -1.0, -1.0, -1.0]
 
 
+@pytest.mark.parametrize("broken", ["missing", "raises"])
+def test_a_broken_math_verify_is_an_error_not_a_wrong_answer(monkeypatch, broken):
+    """Without math_verify every non-numeric answer would score -1 in silence: a RejuvError naming the
+    fix, raised when such an answer first needs checking. Numbers and answerless completions need no
+    math_verify and keep working."""
+    import builtins
+    import sys
+
+    from rayrejuv.method.rewards import is_correct
+
+    monkeypatch.delitem(sys.modules, "math_verify", raising=False)
+    if broken == "missing":
+        monkeypatch.setitem(sys.modules, "math_verify", None)  # `import math_verify` -> ImportError
+    else:
+        real_import = builtins.__import__
+
+        def failing_import(name, *args, **kwargs):
+            if name.split(".")[0] == "math_verify":
+                raise RuntimeError("a broken dependency")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", failing_import)
+    assert is_correct("#### 4", "4") and not is_correct("#### 5", "4") and not is_correct("no answer", "4")
+    with pytest.raises(RejuvError, match="pip install math-verify") as err:
+        is_correct("\\boxed{\\frac{1}{2}}", "0.5")
+    assert ("ModuleNotFoundError" if broken == "missing" else "RuntimeError: a broken dependency") in str(err.value)
+    assert isinstance(err.value.__cause__, ImportError if broken == "missing" else RuntimeError)
+
+
+def test_math_verify_answers_are_checked_in_a_worker_thread_too():
+    """Ray Train runs the GRPO loop in a thread, where Math-Verify's signal-based timeout cannot be set:
+    the same answers score the same there as in the main thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rayrejuv.method.rewards import is_correct
+
+    cases = [("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{\\frac{1}{3}}", "0.5"), ("#### four", "4"),
+             ("\\boxed{x+1}", "1+x")]
+    main = [is_correct(c, r) for c, r in cases]
+    with ThreadPoolExecutor(1) as pool:
+        threaded = list(pool.map(lambda cr: is_correct(*cr), cases))
+    assert main == [True, False, False, True] and threaded == main
+
+
 def test_cli_rl_refuses_a_missing_model(tmp_path):
     import subprocess
     import sys
