@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _ray_local import BIN, LocalCluster, free_ports, kill_groups, tool, wait_for
+from _ray_local import BIN, LocalCluster, dies_with_us, free_ports, kill_groups, tool, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,7 @@ def mlflow_server(tmp_path, env):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us,
     )
     url = f"http://127.0.0.1:{port}"
     try:

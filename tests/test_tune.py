@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _ray_local import kill_ours, short_temp_dir
+from _ray_local import dies_with_us, kill_ours, short_temp_dir
 from conftest import load_tensors, same_bits
 
 PROBE = {"steps": 2, "report_every": 1,
@@ -102,7 +102,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(pair, tmp_path)
             "--max-concurrent", "1", "--config", str(yaml_cfg), "--no-track", "--quiet"]
     ray_tmp = short_temp_dir("rjk")  # the driver's local Ray instance lives here, and only it
     env = {**os.environ, "HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp}
-    p = subprocess.Popen(args, env=env, start_new_session=True)
+    p = subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=dies_with_us)
     try:
         # two trials reported their result and the third started: Tune has recorded the first two
         deadline = time.monotonic() + 900
