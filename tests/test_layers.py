@@ -84,3 +84,33 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     (line, module), = rayrejuv_imports(bad)
     assert (line, module) == (2, "rayrejuv.commands.rl.driver")
     assert RANK[top_package(module)] < RANK["method"]
+
+
+MAX_FUNCTION_LINES = 50
+
+
+def long_functions(root: Path, limit: int) -> list[str]:
+    """Functions (decorators and docstring included) longer than `limit` lines."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = node.end_lineno - first + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_fifty_lines():
+    too_long = long_functions(ROOT, MAX_FUNCTION_LINES)
+    assert not too_long, "split these into named steps:\n" + "\n".join(too_long)
+
+
+def test_the_length_check_counts_decorators_and_bodies(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(49))
+    (pkg / "m.py").write_text(f"@staticmethod\ndef f():\n{body}\n\n\ndef g():\n    return 1\n")
+    assert long_functions(pkg, 50) == ["pkg/m.py:2 f (51 lines)"]
+    assert long_functions(pkg, 51) == []
