@@ -81,3 +81,13 @@ class LearnerConfig(Config):
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per learner worker")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="learner parameter dtype")
+
+    def resolved_engine(self) -> Literal["ddp", "deepspeed"]:
+        """The engine that trains: `auto` is DeepSpeed on GPUs, torch DDP (gloo) on CPU."""
+        if self.engine != "auto":
+            return self.engine
+        return "deepspeed" if self.use_gpu else "ddp"
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Ray Train worker reserves."""
+        return {"CPU": self.cpus_per_worker} | ({"GPU": self.gpus_per_worker} if self.use_gpu else {})

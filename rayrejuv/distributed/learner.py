@@ -166,18 +166,12 @@ class DeepSpeedEngine:
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
 
 
-def engine_name(learner: LearnerConfig) -> str:
-    if learner.engine != "auto":
-        return learner.engine
-    return "deepspeed" if learner.use_gpu else "ddp"
-
-
 class Learner:
     def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
         self.cfg = grpo
         self.device = device
         model.to(device).train()
-        self.engine = ENGINES[engine_name(learner)](model, grpo, learner, device)
+        self.engine = ENGINES[learner.resolved_engine()](model, grpo, learner, device)
         self._last_weights = self.engine.full_weights()
 
     @property

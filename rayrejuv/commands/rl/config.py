@@ -41,8 +41,7 @@ class RLConfig(Config):
                 "grpo.prompts_per_step, grpo.minibatches or learner.workers"
             )
         local = g.prompts_per_step * g.group_size // (g.minibatches * self.learner.workers)
-        deepspeed = self.learner.engine == "deepspeed" or (self.learner.engine == "auto" and self.learner.use_gpu)
-        if deepspeed and g.micro_batch_size < local:
+        if self.learner.resolved_engine() == "deepspeed" and g.micro_batch_size < local:
             # measured: ZeRO-2 with several backward passes per optimizer step diverged from DDP
             raise ValueError(
                 f"the DeepSpeed learner trains each rank's minibatch ({local} sequences) in one micro-batch: set "
