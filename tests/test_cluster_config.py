@@ -69,7 +69,7 @@ def test_job_config_validates_as_is(path):
         from rayrejuv.commands.testbed.driver import WorldLayout
         from rayrejuv.config.runtime import TrackingConfig
 
-        run = rl_config(cfg, WorldLayout(Path("/w")), Path("/w/m"), 0, Path("/w/rl"), TrackingConfig(), "rl")
+        run = rl_config(cfg, WorldLayout(Path("/w")), Path("/w/m"), 0, Path("/w/rl"), TrackingConfig(run_name="rl"))
         assert (run.rollout.backend == "vllm" and run.learner.use_gpu) == (path.stem == "gpu")
     if command == "tune":
         from rayrejuv.commands.tune.driver import probe_config

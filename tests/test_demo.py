@@ -3,48 +3,59 @@ submitted as a Ray job to a two-node cluster, logging to an MLflow server) is in
 
 import json
 import statistics
+from dataclasses import replace
 
 import pytest
 
 from rayrejuv.commands.demo.config import QUICK, DemoConfig
 from rayrejuv.commands.demo.driver import claim
-from rayrejuv.commands.demo.results import STARTS, aggregate, markdown
+from rayrejuv.commands.demo.results import STARTS, DemoResults, SeedRun, StartScores, aggregate, markdown
 from rayrejuv.config.base import merge_overrides, validate_config
 from rayrejuv.errors import RejuvError
 
 
+def _run(seed, id_after=0.0, ood_after=0.0, rewards=(), zero_std_fractions=()):
+    return SeedRun(seed=seed, id_after=id_after, ood_after=ood_after, entropy_after=0.0, reward_first=0.0,
+                   reward_last=0.0, zero_std_fraction_first=0.0, rl_seconds=0.0, rewards=list(rewards),
+                   zero_std_fractions=list(zero_std_fractions), run_dir="")
+
+
 def _fake(seeds):
-    before = {s: {"id_before": 0.1 * i, "ood_before": 0.05 * i, "entropy_before": 0.2 - 0.04 * i}
+    before = {s: StartScores(id_before=0.1 * i, ood_before=0.05 * i, entropy_before=0.2 - 0.04 * i)
               for i, s in enumerate(STARTS)}
     per_seed = {
-        s: [{"seed": k, "id_after": 0.1 * i + 0.01 * (k + 1) * (i + 1), "ood_after": 0.05 * i + 0.002 * k}
-            for k in seeds]
+        s: [_run(k, id_after=0.1 * i + 0.01 * (k + 1) * (i + 1), ood_after=0.05 * i + 0.002 * k) for k in seeds]
         for i, s in enumerate(STARTS)
     }
     return before, per_seed
 
 
+def _aggregate(seeds, before, per_seed):
+    return aggregate(seeds, before, per_seed, "hard", "general")
+
+
 def test_aggregate_means_spreads_and_gains_are_exact():
     seeds = [0, 1, 2]
     before, per_seed = _fake(seeds)
-    res = aggregate(seeds, before, per_seed)
-    assert res["seeds"] == seeds and list(res["rows"]) == list(STARTS)
+    res = _aggregate(seeds, before, per_seed)
+    assert res.seeds == seeds and list(res.rows) == list(STARTS)
     for i, s in enumerate(STARTS):
-        row = res["rows"][s]
+        row = res.rows[s]
         after = [0.1 * i + 0.01 * (k + 1) * (i + 1) for k in seeds]
-        assert row["id_after"] == pytest.approx(statistics.fmean(after), abs=1e-12)
-        assert row["spread"]["id_after"]["std"] == pytest.approx(statistics.stdev(after), abs=1e-12)
-        assert row["id_gain"] == pytest.approx(statistics.fmean(after) - 0.1 * i, abs=1e-12)
-        assert row["ood_gain"] == pytest.approx(0.002, abs=1e-12)
-        assert row["entropy_before"] == before[s]["entropy_before"] and row["per_seed"] == per_seed[s]
-    f = res["findings"]
+        assert row.id_after == pytest.approx(statistics.fmean(after), abs=1e-12)
+        assert row.spread["id_after"].std == pytest.approx(statistics.stdev(after), abs=1e-12)
+        assert row.id_gain == pytest.approx(statistics.fmean(after) - 0.1 * i, abs=1e-12)
+        assert row.ood_gain == pytest.approx(0.002, abs=1e-12)
+        assert row.entropy_before == before[s].entropy_before and row.per_seed == per_seed[s]
+    f = res.findings
     # gains rise with the start's index here: OverSFT (1) gains more than ModSFT (0)
-    assert not f["oversft_gains_less_than_modsft"]["holds"]
-    assert f["oversft_gains_less_than_modsft"]["seeds_holding"] == 0
-    assert f["rejuvenation_beats_oversft_after_rl_id"]["holds"]
-    assert f["rejuvenation_beats_oversft_after_rl_id"]["seeds_holding"] == 3
-    assert not f["rejuvenation_restores_entropy"]["holds"]  # entropy falls with the index here
-    json.dumps(res)  # results.json is plain JSON
+    assert not f["oversft_gains_less_than_modsft"].holds
+    assert f["oversft_gains_less_than_modsft"].seeds_holding == 0
+    assert f["rejuvenation_beats_oversft_after_rl_id"].holds
+    assert f["rejuvenation_beats_oversft_after_rl_id"].seeds_holding == 3
+    assert not f["rejuvenation_restores_entropy"].holds  # entropy falls with the index here
+    results = DemoResults(res, {"epoch-32": "rigid"}, {"RL": 1.0}, wall_s=2.0, out="/x")
+    json.dumps(results.to_json())  # results.json is plain JSON
 
 
 def test_findings_count_the_paired_seeds_on_which_they_hold():
@@ -52,18 +63,18 @@ def test_findings_count_the_paired_seeds_on_which_they_hold():
     before, per_seed = _fake(seeds)
     # OverSFT (ID after 0.12, 0.14, 0.16) beats Rejuvenation on seed 1 only; the mean still favours
     # Rejuvenation (0.35 vs 0.14)
-    per_seed["oversft_rejuvenation"][1]["id_after"] = 0.13
-    per_seed["oversft_rejuvenation"][2]["id_after"] = 0.80
+    per_seed["oversft_rejuvenation"][1] = replace(per_seed["oversft_rejuvenation"][1], id_after=0.13)
+    per_seed["oversft_rejuvenation"][2] = replace(per_seed["oversft_rejuvenation"][2], id_after=0.80)
     # ModSFT gains 0.01, 0.02, 0.03; OverSFT 0.02, 0.04, 0.06 -> lowered below ModSFT's on seed 2
-    per_seed["oversft"][2]["id_after"] = 0.1 + 0.025
-    res = aggregate(seeds, before, per_seed) | {"id_split": "hard", "ood_split": "general"}
-    f = res["findings"]
+    per_seed["oversft"][2] = replace(per_seed["oversft"][2], id_after=0.1 + 0.025)
+    res = _aggregate(seeds, before, per_seed)
+    f = res.findings
     rid = f["rejuvenation_beats_oversft_after_rl_id"]
-    assert rid["holds"] and rid["seeds_holding"] == 2
-    assert rid["rejuvenation"] == pytest.approx((0.34 + 0.13 + 0.80) / 3, abs=1e-12)
+    assert rid.holds and rid.seeds_holding == 2
+    assert rid.numbers["rejuvenation"] == pytest.approx((0.34 + 0.13 + 0.80) / 3, abs=1e-12)
     gains = f["oversft_gains_less_than_modsft"]
-    assert gains["seeds_holding"] == 1 and not gains["holds"]  # mean gain 0.028 > ModSFT's 0.02
-    assert f["rejuvenation_beats_oversft_after_rl_ood"]["seeds_holding"] == 3
+    assert gains.seeds_holding == 1 and not gains.holds  # mean gain 0.028 > ModSFT's 0.02
+    assert f["rejuvenation_beats_oversft_after_rl_ood"].seeds_holding == 3
     text = markdown(res)
     assert "rejuvenation beats oversft after rl id: **holds**, 2 of 3 seeds (rejuvenation 0.423" in text
     assert "rejuvenation restores entropy: **does not hold** (oversft" in text  # seed-free: no count
@@ -73,12 +84,12 @@ def test_aggregate_refuses_missing_or_misordered_seeds():
     before, per_seed = _fake([0, 1])
     per_seed["oversft"] = per_seed["oversft"][::-1]
     with pytest.raises(ValueError, match="oversft: runs for seeds \\[1, 0\\]"):
-        aggregate([0, 1], before, per_seed)
+        _aggregate([0, 1], before, per_seed)
 
 
 def test_markdown_table_has_every_start_and_finding():
     before, per_seed = _fake([0, 1])
-    text = markdown(aggregate([0, 1], before, per_seed) | {"id_split": "hard", "ood_split": "general"})
+    text = markdown(_aggregate([0, 1], before, per_seed))
     lines = text.splitlines()
     assert lines[0].startswith("| start | entropy before RL | ID (hard) before | ID (hard) after")
     assert sum(line.startswith("| OverSFT") or line.startswith("| ModSFT") for line in lines) == 4
@@ -107,7 +118,7 @@ def test_claim_resumes_same_settings_and_refuses_others(tmp_path):
     claim(out, cfg.model_copy(update={"seeds": 5}))  # more seeds extend the same demo
     claim(out, cfg.model_copy(update={"seed": 3}))  # other seeds too (runs live under seed-<s>)
     assert (out / "marker").exists()
-    other = DemoConfig.model_validate({"out": out, "rl": {"lr": 1e-4}})
+    other = DemoConfig.model_validate({"out": out, "rl": {"grpo": {"lr": 1e-4}}})
     with pytest.raises(RejuvError, match="different settings .*pass --overwrite"):
         claim(out, other)
     claim(out, other.model_copy(update={"overwrite": True}))
@@ -130,9 +141,99 @@ def test_reward_curves_are_trailing_means_and_plot(tmp_path):
         want = [[curves[s, max(0, t - window + 1) : t + 1].mean() for t in range(11)] for s in range(3)]
         np.testing.assert_allclose(_trailing_mean(curves, window), want, rtol=0, atol=1e-12)
     per_seed = {
-        s: [{"rewards": rng.uniform(-1, 1, 7).tolist(), "zero_std_fractions": rng.uniform(0, 1, 7).tolist()}
-            for _ in range(2)]
+        s: [_run(k, rewards=rng.uniform(-1, 1, 7).tolist(), zero_std_fractions=rng.uniform(0, 1, 7).tolist())
+            for k in range(2)]
         for s in STARTS
     }
     plot_demo_rewards(per_seed, tmp_path / "rewards.png")
     assert (tmp_path / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
+    from rayrejuv.config.rejuvenation import ResetSearchConfig
+    from rayrejuv.config.rl import GRPOConfig
+    from rayrejuv.config.world import WorldSpec
+
+    cfg = DemoConfig()
+    assert isinstance(cfg.rl.grpo, GRPOConfig) and isinstance(cfg.rejuvenation, ResetSearchConfig)
+    assert isinstance(cfg.world, WorldSpec)
+    g = cfg.rl.grpo
+    assert (g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature, g.max_new_tokens, g.micro_batch_size) == (
+        8, 8, 3e-5, 0.0, 1.0, 48, 64)
+    r = cfg.rejuvenation
+    assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.6, 0.01, 1.0, 8)
+    assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
+    # nothing declared twice: the demo's own sections hold no field of the sections they embed
+    assert not set(type(cfg.rl).model_fields) & set(GRPOConfig.model_fields)
+    assert not set(DemoConfig.model_fields) & set(ResetSearchConfig.model_fields)  # (`seed` is the RL seed)
+    # a partial section fills its gaps from the recipe, not from GRPOConfig's own defaults
+    other = DemoConfig.model_validate({"rl": {"grpo": {"lr": 1e-4}}, "rejuvenation": {"reset_ratio": 0.02}})
+    assert other.rl.grpo == g.model_copy(update={"lr": 1e-4})
+    assert other.rejuvenation == r.model_copy(update={"reset_ratio": 0.02})
+    quick = validate_config(DemoConfig, QUICK).rl.grpo
+    assert (quick.prompts_per_step, quick.group_size, quick.max_new_tokens, quick.lr, quick.beta) == (4, 4, 32, 3e-5, 0)
+    assert quick.micro_batch_size == 16  # one micro-batch per step: prompts x group
+    given = DemoConfig.model_validate({"rl": {"grpo": {"prompts_per_step": 4, "micro_batch_size": 8}}})
+    assert given.rl.grpo.micro_batch_size == 8
+    with pytest.raises(RejuvError, match="rejuvenation.calibration: the demo calibrates the reset on its world's"):
+        validate_config(DemoConfig, {"rejuvenation": {"calibration": "/x.jsonl"}})
+
+
+def test_fingerprint_excludes_where_and_how_and_the_seeds_only():
+    cfg = DemoConfig()
+    assert set(cfg.fingerprint()) == set(DemoConfig.model_fields) - {"overwrite", "ray", "tracking", "out", "seeds",
+                                                                      "seed"}
+    assert cfg.fingerprint()["rl"]["grpo"]["lr"] == 3e-5 and cfg.fingerprint()["rejuvenation"]["alpha"] == 0.6
+
+
+def test_every_rl_run_gets_the_recipe_and_ray_gets_their_cpu_demand(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rayrejuv.commands.demo import driver
+    from rayrejuv.commands.testbed.driver import WorldLayout
+    from rayrejuv.config.runtime import TrackingConfig
+
+    cfg = validate_config(DemoConfig, merge_overrides(QUICK, {"out": str(tmp_path / "d")}))
+    world = WorldLayout(Path("/w"))
+    run = driver.rl_config(cfg, world, Path("/w/m"), 7, Path("/w/rl"), TrackingConfig(run_name="rl:x"))
+    assert run.grpo == cfg.rl.grpo and (run.steps, run.seed, run.checkpoint_every, run.eval_every) == (3, 7, 1, 0)
+    assert run.tracking.run_name == "rl:x" and run.train_data == Path("/w/data/rl_train.jsonl")
+    assert driver.rl_cpu_demand(cfg, world) == 2.0  # learner + rollout actor; no reference at beta 0
+    kl = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"grpo": cfg.rl.grpo.model_copy(update={"beta": 0.1}),
+                                                                "concurrent": 3})})
+    assert driver.rl_cpu_demand(kl, world) == 3.0  # + the reference actor
+
+    class Asked(Exception):
+        pass
+
+    def session(address, cpu_demand):
+        raise Asked(address, cpu_demand)
+
+    monkeypatch.setattr(driver, "ray_session", session)
+    with pytest.raises(Asked) as e:
+        driver.run_demo(kl, progress=False)
+    assert e.value.args == (None, 9.0)  # 3 runs side by side x 3 CPUs each
+
+
+def test_results_json_keeps_its_format():
+    before, per_seed = _fake([0, 1])
+    table = _aggregate([0, 1], before, per_seed)
+    results = DemoResults(table, {"epoch-4": "plastic"}, {"testbed": 1.5}, wall_s=3.0, out="/o")
+    j = results.to_json()
+    assert list(j) == ["seeds", "rows", "findings", "id_split", "ood_split", "diagnosis", "timings_s", "wall_s"]
+    row = j["rows"]["modsft"]
+    assert list(row) == ["id_before", "ood_before", "entropy_before", "per_seed", "id_after", "ood_after", "id_gain",
+                         "ood_gain", "spread"]
+    assert list(row["spread"]) == ["id_after", "ood_after", "id_gain", "ood_gain"]
+    assert row["spread"]["id_after"] == {"mean": 0.015, "std": statistics.stdev([0.01, 0.02]), "min": 0.01,
+                                         "max": 0.02}
+    assert list(row["per_seed"][0]) == ["seed", "id_after", "ood_after", "entropy_after", "reward_first",
+                                        "reward_last", "zero_std_fraction_first", "rl_seconds", "rewards",
+                                        "zero_std_fractions", "run_dir"]
+    assert j["findings"]["rejuvenation_restores_entropy"] == {
+        "holds": False, "oversft": 0.16, "rejuvenation": 0.2 - 0.04 * 3, "modsft": 0.2}
+    assert list(j["findings"]["oversft_gains_less_than_modsft"]) == ["holds", "seeds_holding", "oversft_id_gain",
+                                                                     "modsft_id_gain"]
+    assert (j["id_split"], j["ood_split"], j["diagnosis"], j["wall_s"]) == ("hard", "general", {"epoch-4": "plastic"},
+                                                                            3.0)
+    assert json.loads(json.dumps(j)) == j

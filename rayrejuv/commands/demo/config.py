@@ -1,6 +1,8 @@
 """Typed config of `rayrejuv demo`: the paper's ablation in miniature, the single source of its
 defaults. `--quick` applies QUICK on top (a smoke run of a few minutes); YAML and flags override.
 
+The demo embeds the sections of the commands it drives (the world's spec, the reset search's
+knobs, GRPO's step) with the demo's own recipe as their defaults; nothing is declared twice.
 The recipe (rungs, alpha, learning rate, steps) was measured on the default tiny world; the
 closing notes of issue 7 and docs/testbed.md ("Which RL distribution") give the numbers behind
 each choice.
@@ -9,23 +11,36 @@ each choice.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from rayrejuv.config.base import Config
-from rayrejuv.config.rl import LearnerConfig, RolloutConfig
+from rayrejuv.config.rejuvenation import ResetSearchConfig
+from rayrejuv.config.rl import GRPOConfig, LearnerConfig, RolloutConfig
 from rayrejuv.config.runtime import RayConfig, TrackingConfig
-from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldTrainConfig
+from rayrejuv.config.world import WorldSpec
+
+# The measured recipe; every knob not named here is its building block's own default.
+REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.6, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
+GRPO_RECIPE = GRPOConfig(prompts_per_step=8, group_size=8, lr=3e-5, beta=0.0, temperature=1.0, max_new_tokens=48,
+                         micro_batch_size=8 * 8)
 
 
-class DemoWorld(Config):
-    """The tiny world the demo builds (or reuses) under OUT/testbed."""
+def _over_recipe(recipe: Config):
+    """A partial section (YAML, flags, QUICK) fills its gaps from the demo's recipe: validated on
+    its own, pydantic would fill them from the building block's defaults (GRPO's lr 1e-6)."""
+    return lambda given: recipe.model_dump() | given if isinstance(given, dict) else given
 
-    seed: int = Field(0, description="seed of the world's data, initialisation and data order")
-    model: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    data: WorldDataConfig = Field(default_factory=WorldDataConfig)  # RL on the 'hard' split
-    train: WorldTrainConfig = Field(default_factory=WorldTrainConfig)
+
+def _grpo_over_recipe(given: Any) -> Any:
+    """As _over_recipe; and unless given, a step is one micro-batch (prompts x group sequences)."""
+    if not isinstance(given, dict):
+        return given
+    merged = _over_recipe(GRPO_RECIPE)(given)
+    if "micro_batch_size" not in given:
+        merged["micro_batch_size"] = merged["prompts_per_step"] * merged["group_size"]
+    return merged
 
 
 class DemoRungs(Config):
@@ -33,24 +48,14 @@ class DemoRungs(Config):
     oversft_epoch: float = Field(32.0, gt=0, description="ladder epoch used as OverSFT (over-trained)")
 
 
-class DemoRejuvenation(Config):
-    alpha: float = Field(0.6, ge=0.0, le=1.0, description="fusion weight of OverSFT (Eq. 1)")
-    reset_ratio: float = Field(0.01, gt=0.0, lt=1.0, description="fraction rho of neurons reset (Eq. 4)")
-    omega: float = Field(1.0, ge=0.0, le=1.0, description="reset strength (Eq. 5)")
-    tokens_per_example: int = Field(8, ge=1, description="N target tokens per calibration example")
-
-
 class DemoRL(Config):
     """The one GRPO recipe every start gets (same data, prompts, hyperparameters and seeds)."""
 
     steps: int = Field(40, ge=1, description="GRPO steps per run")
-    prompts_per_step: int = Field(8, ge=1, description="prompts per step")
-    group_size: int = Field(8, ge=2, description="samples per prompt")
-    lr: float = Field(3e-5, gt=0, description="AdamW learning rate")
-    beta: float = Field(0.0, ge=0, description="KL coefficient to the start")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    max_new_tokens: int = Field(48, ge=1, description="completion length limit")
     concurrent: int = Field(2, ge=1, description="RL runs at a time (each holds about one core on CPU)")
+    grpo: Annotated[GRPOConfig, BeforeValidator(_grpo_over_recipe)] = Field(
+        default_factory=lambda: GRPO_RECIPE.model_copy(), description="the GRPO step (defaults: the demo's recipe)"
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="rollout actors (hf or vllm)")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Ray Train learner (DDP or DeepSpeed)")
 
@@ -67,9 +72,12 @@ class DemoConfig(Config):
     seed: int = Field(0, description="first RL seed; the runs use seed, seed+1, ...")
     quick: bool = Field(False, description="smoke run: a smaller world, fewer and shorter RL runs")
     overwrite: bool = Field(False, description="delete OUT's previous demo (other settings) and start again")
-    world: DemoWorld = Field(default_factory=DemoWorld)
+    world: WorldSpec = Field(default_factory=WorldSpec, description="the tiny world built (or reused) in OUT/testbed")
     rungs: DemoRungs = Field(default_factory=DemoRungs)
-    rejuvenation: DemoRejuvenation = Field(default_factory=DemoRejuvenation)
+    rejuvenation: Annotated[ResetSearchConfig, BeforeValidator(_over_recipe(REJUVENATION_RECIPE))] = Field(
+        default_factory=lambda: REJUVENATION_RECIPE.model_copy(),
+        description="fusion and targeted reset of OverSFT (defaults: the demo's recipe)",
+    )
     rl: DemoRL = Field(default_factory=DemoRL)
     eval: DemoEval = Field(default_factory=DemoEval)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -87,6 +95,10 @@ class DemoConfig(Config):
                 )
         if not self.rungs.modsft_epoch < self.rungs.oversft_epoch:
             raise ValueError("rungs.modsft_epoch must be smaller than rungs.oversft_epoch")
+        if self.rejuvenation.calibration is not None:
+            raise ValueError(
+                "rejuvenation.calibration: the demo calibrates the reset on its world's calibration set; leave it unset"
+            )
         return self
 
     @property
@@ -115,6 +127,6 @@ QUICK: dict[str, Any] = {
         "train": {"pretrain_epochs": 1.0, "sft_epochs": [1.0, 4.0]},
     },
     "rungs": {"modsft_epoch": 1.0, "oversft_epoch": 4.0},
-    "rl": {"steps": 3, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 32},
+    "rl": {"steps": 3, "grpo": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 32}},
     "eval": {"examples": 24, "max_new_tokens": 32, "diagnose_k": 4},
 }

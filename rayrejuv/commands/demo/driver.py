@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayrejuv.commands.demo.config import DemoConfig
-from rayrejuv.commands.demo.results import STARTS, aggregate, markdown
+from rayrejuv.commands.demo.results import STARTS, DemoResults, SeedRun, StartScores, aggregate, markdown
 from rayrejuv.commands.diagnose.config import DiagnoseConfig
+from rayrejuv.commands.diagnose.results import Diagnosis
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.runs.cluster import ray_session
 from rayrejuv.runs.directory import claim_run_dir
+from rayrejuv.runs.tracking import Run, tracked_run
 from rayrejuv.timing import PhaseTimer
 
 MANIFEST = "demo.json"
@@ -35,76 +39,63 @@ RESULTS = "results.json"
 def claim(out: Path, cfg: DemoConfig) -> None:
     """OUT belongs to one demo config: resume it, refuse another, or start over with overwrite."""
     run_dir = claim_run_dir(out, manifest=MANIFEST, fingerprint=cfg.fingerprint(), kind="rayrejuv demo directory",
-                  replace=cfg.overwrite, replace_flag="--overwrite", key="config")
+                            replace=cfg.overwrite, replace_flag="--overwrite", key="config")
     if not run_dir.resumed:
         run_dir.save()
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> dict:
-    from rayrejuv.runs.cluster import ray_session
-    from rayrejuv.runs.tracking import absolute_uri, tracked_run
+def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
+    from rayrejuv.commands.testbed.driver import WorldLayout
 
     out = Path(cfg.out).absolute()
     claim(out, cfg)
-    timer = PhaseTimer()
-    t0 = time.perf_counter()
-    with ray_session(cfg.ray.address, 2 * cfg.rl.concurrent), tracked_run(cfg.tracking, "demo") as parent:
+    world = WorldLayout(out / "testbed")
+    timer, t0 = PhaseTimer(), time.perf_counter()
+    phase = _announced(timer, log)
+    cpu_demand = rl_cpu_demand(cfg, world) * cfg.rl.concurrent  # the RL runs side by side hold the most
+    with ray_session(cfg.ray.address, cpu_demand), tracked_run(cfg.tracking, "demo") as parent:
         parent.log_params(cfg.model_dump(mode="json"))
-        child = _child_tracking(cfg.tracking, parent.run_id, absolute_uri)
-
-        def phase(name: str):
-            log(f"[demo] {name} ...")
-            return timer.phase(name)
-
         with phase("testbed"):
-            world = build_world(cfg, out / "testbed", child, progress)
+            build_world(cfg, world, parent.child(cfg.tracking, "testbed"), progress)
         with phase("diagnose"):
-            diagnosis = diagnose_rungs(cfg, world, out / "diagnose", child, progress)
+            diagnosis = diagnose_rungs(cfg, world, out / "diagnose", parent.child(cfg.tracking, "diagnose"), progress)
         with phase("rejuvenate"):
             starts = {"modsft": world.sft(cfg.rungs.modsft_epoch), "oversft": world.sft(cfg.rungs.oversft_epoch)}
-            starts |= rejuvenate_oversft(cfg, world, out, child, progress)
+            starts |= rejuvenate_oversft(cfg, world, out, parent, progress)
         evals = EvalSets.of(cfg, world)
         with phase("evaluate before RL"):
             before = evaluate_starts(starts, evals, cfg)
         with phase("RL"):
-            per_seed = run_all_rl(cfg, world, starts, evals, out / "rl", child, progress)
-        results = aggregate(cfg.seed_list, before, per_seed)
-        results["id_split"], results["ood_split"] = evals.id_name, evals.ood_name
-        results["diagnosis"] = {r["checkpoint"]: r.get("verdict") for r in diagnosis["rows"]}
-        results["timings_s"] = {k: round(v, 1) for k, v in timer.seconds.items()}
-        results["wall_s"] = round(time.perf_counter() - t0, 1)
-        write_outputs(out, results, per_seed, evals)
-        parent.log_metrics(_flat_metrics(results))
-        for name in (RESULTS, "table.md", "pass_at_1.png", "rewards.png"):
-            parent.log_artifact(out / name)
-    results["out"] = str(out)
+            per_seed = run_all_rl(cfg, world, starts, evals, out / "rl", parent, progress)
+        table = aggregate(cfg.seed_list, before, per_seed, evals.id_name, evals.ood_name)
+        results = DemoResults(table, diagnosis.verdicts(), timings_s={k: round(v, 1) for k, v in timer.seconds.items()},
+                              wall_s=round(time.perf_counter() - t0, 1), out=str(out))
+        publish(results, parent)
     return results
 
 
-def _child_tracking(tracking: TrackingConfig, parent_run_id: str | None, absolute_uri) -> TrackingConfig:
-    """Phases log to child runs of the demo's run; workers in other directories need an absolute URI."""
-    if parent_run_id is None:
-        return tracking
-    import mlflow
+def _announced(timer: PhaseTimer, log):
+    """timer.phase, with a line on the terminal as each phase starts."""
 
-    return tracking.model_copy(update={"parent_run_id": parent_run_id, "uri": absolute_uri(mlflow.get_tracking_uri())})
+    def phase(name: str):
+        log(f"[demo] {name} ...")
+        return timer.phase(name)
 
-
-def build_world(cfg: DemoConfig, directory: Path, tracking: TrackingConfig, progress: bool):
-    from rayrejuv.commands.testbed.driver import WorldLayout, build_testbed
-
-    w = cfg.world
-    world_cfg = TinyWorldConfig(out=directory, seed=w.seed, model=w.model, data=w.data, train=w.train,
-                                tracking=tracking.model_copy(update={"run_name": "testbed"}))
-    build_testbed(world_cfg, progress=progress)
-    return WorldLayout(directory)
+    return phase
 
 
-def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingConfig, progress: bool) -> dict:
+def build_world(cfg: DemoConfig, world, tracking: TrackingConfig, progress: bool) -> None:
+    from rayrejuv.commands.testbed.driver import build_testbed
+
+    build_testbed(TinyWorldConfig(**cfg.world.model_dump(), out=world.root, tracking=tracking), progress=progress)
+
+
+def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingConfig, progress: bool) -> Diagnosis:
+    """The diagnosis of ModSFT and OverSFT on the SFT distribution (reused when OUT has it)."""
     from rayrejuv.commands.diagnose.driver import diagnose
 
     if (directory / "diagnose.json").is_file():
-        return json.loads((directory / "diagnose.json").read_text())
+        return Diagnosis.from_json(json.loads((directory / "diagnose.json").read_text()), out=str(directory))
     dcfg = DiagnoseConfig(
         base=world.base,
         sft=[world.sft(cfg.rungs.modsft_epoch), world.sft(cfg.rungs.oversft_epoch)],
@@ -113,62 +104,57 @@ def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingCo
         max_examples=cfg.eval.examples,
         k=cfg.eval.diagnose_k,
         max_new_tokens=cfg.eval.max_new_tokens,
-        tracking=tracking.model_copy(update={"run_name": "diagnose"}),
+        tracking=tracking,
     )
     return diagnose(dcfg, progress=progress)
 
 
-def rejuvenate_oversft(cfg: DemoConfig, world, out: Path, tracking: TrackingConfig, progress: bool) -> dict:
+def rejuvenate_oversft(cfg: DemoConfig, world, out: Path, parent: Run, progress: bool) -> dict[str, Path]:
     """OverSFT fused with the base (fusion only), and fused + targeted reset (Rejuvenation)."""
     from rayrejuv.commands.rejuvenate.driver import rejuvenate
 
-    r = cfg.rejuvenation
     made = {}
     for start, fusion_only in (("oversft_fusion", True), ("oversft_rejuvenation", False)):
-        target = out / start
-        made[start] = target
+        target = made[start] = out / start
         if (target / "config.json").is_file():  # an atomic output: present means complete
             continue
-        rejuvenate(
-            RejuvenateConfig(
-                base=world.base,
-                sft=world.sft(cfg.rungs.oversft_epoch),
-                out=target,
-                alpha=r.alpha,
-                reset_ratio=r.reset_ratio,
-                omega=r.omega,
-                tokens_per_example=r.tokens_per_example,
-                calibration=world.data("calibration"),
-                fusion_only=fusion_only,
-                ray=cfg.ray,
-                tracking=tracking.model_copy(update={"run_name": start}),
-            ),
-            progress=progress,
+        rcfg = RejuvenateConfig(
+            **cfg.rejuvenation.model_dump(exclude={"calibration"}),
+            calibration=world.data("calibration"),
+            base=world.base,
+            sft=world.sft(cfg.rungs.oversft_epoch),
+            out=target,
+            fusion_only=fusion_only,
+            ray=cfg.ray,
+            tracking=parent.child(cfg.tracking, start),
         )
+        rejuvenate(rcfg, progress=progress)
     return made
 
 
+@dataclass(frozen=True)
 class EvalSets:
     """In distribution = held-out prompts of the distribution RL trains on; out of distribution =
     `eval_general`, held-out problems of the base's own Q/A distribution, which SFT and RL never
     show (what over-training makes the model forget). Entropy: teacher-forced on the SFT (eval_id)
     responses, the distribution over-training collapses."""
 
-    def __init__(self, id_name: str, id_rows: list[dict], ood_rows: list[dict], entropy_rows: list[dict]):
-        self.id_name, self.ood_name = id_name, "general"
-        self.id_rows, self.ood_rows, self.entropy_rows = id_rows, ood_rows, entropy_rows
+    id_name: str
+    ood_name: str
+    id_rows: list[dict]
+    ood_rows: list[dict]
+    entropy_rows: list[dict]
 
     @classmethod
     def of(cls, cfg: DemoConfig, world) -> EvalSets:
         from rayrejuv.data.jsonl import read_jsonl
 
-        id_name = f"eval_{cfg.world.data.rl_distribution}"  # every RL distribution has its held-out eval
-        n = cfg.eval.examples
+        id_name = cfg.world.data.rl_distribution  # every RL distribution has its held-out eval_<name>
 
         def rows(name: str) -> list[dict]:
-            return read_jsonl(world.data(name), ("prompt", "answer", "response"), name)[:n]
+            return read_jsonl(world.data(name), ("prompt", "answer", "response"), name)[: cfg.eval.examples]
 
-        return cls(id_name.removeprefix("eval_"), rows(id_name), rows("eval_general"), rows("eval_id"))
+        return cls(id_name, "general", rows(f"eval_{id_name}"), rows("eval_general"), rows("eval_id"))
 
     def splits(self) -> dict[str, list[dict]]:
         return {"id": self.id_rows, "ood": self.ood_rows}
@@ -183,19 +169,19 @@ def _score(model_dir: str, evals: EvalSets, max_new_tokens: int) -> dict[str, fl
     return score_checkpoint(model_dir, evals.splits(), evals.entropy_rows, max_new_tokens)
 
 
-def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -> dict[str, dict]:
+def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -> dict[str, StartScores]:
     """Greedy pass@1 (ID, OOD) and entropy of every start, as parallel Ray tasks."""
     import ray
 
     task = ray.remote(num_cpus=1)(_score)
     refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens) for s, p in starts.items()}
     scores = {s: ray.get(r) for s, r in refs.items()}
-    return {
-        s: {"id_before": v["id"], "ood_before": v["ood"], "entropy_before": v["entropy"]} for s, v in scores.items()
-    }
+    return {s: StartScores(id_before=v["id"], ood_before=v["ood"], entropy_before=v["entropy"])
+            for s, v in scores.items()}
 
 
-def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, tracking: TrackingConfig, name: str):
+def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, tracking: TrackingConfig):
+    """The one GRPO recipe, from `model`, with `seed`; the demo scores the final checkpoint itself."""
     from rayrejuv.commands.rl.config import RLConfig
 
     r = cfg.rl
@@ -208,97 +194,103 @@ def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, trackin
         eval_every=0,  # the demo scores the final checkpoint itself, on both splits
         checkpoint_every=max(1, r.steps // 2),
         keep_checkpoints=1,
-        grpo={
-            "prompts_per_step": r.prompts_per_step,
-            "group_size": r.group_size,
-            "lr": r.lr,
-            "beta": r.beta,
-            "temperature": r.temperature,
-            "max_new_tokens": r.max_new_tokens,
-            "micro_batch_size": r.prompts_per_step * r.group_size,
-        },
+        grpo=r.grpo,
         rollout=r.rollout,
         learner=r.learner,
         ray=cfg.ray,
-        tracking=tracking.model_copy(update={"run_name": name}),
+        tracking=tracking,
     )
 
 
-def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> dict:
+def rl_cpu_demand(cfg: DemoConfig, world) -> float:
+    """CPUs one of the demo's RL runs reserves (the same for every start and seed)."""
+    return rl_config(cfg, world, world.base, cfg.seed, world.root.parent / "rl", cfg.tracking).cpu_demand()
+
+
+def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> SeedRun:
     """One GRPO run (resumed, or reused when finished), then its final checkpoint's scores."""
     from rayrejuv.commands.rl.config import RLConfig
-    from rayrejuv.commands.rl.driver import RunLayout, run_rl
+    from rayrejuv.commands.rl.driver import RunLayout
 
     rcfg = RLConfig.model_validate(rl_json)
     layout = RunLayout(Path(rcfg.out))
-    summary_file = layout.root / "summary.json"
+    summary = _finished_or_run(rcfg, layout)
+    scores = _score(str(summary.final_checkpoint), evals, max_new_tokens)
+    steps = [r for r in layout.records() if "reward/mean" in r]
+    return SeedRun(
+        seed=rcfg.seed,
+        id_after=scores["id"],
+        ood_after=scores["ood"],
+        entropy_after=scores["entropy"],
+        reward_first=summary.first["reward/mean"],
+        reward_last=summary.last["reward/mean"],
+        zero_std_fraction_first=summary.first["reward/zero_std_fraction"],
+        rl_seconds=summary.seconds,
+        rewards=[r["reward/mean"] for r in steps],
+        zero_std_fractions=[r["reward/zero_std_fraction"] for r in steps],
+        run_dir=str(layout.root),
+    )
+
+
+def _finished_or_run(rcfg, layout):
+    """A finished run's RLSummary (summary.json), else that of the run itself (new or resumed)."""
+    from rayrejuv.commands.rl.driver import run_rl
+    from rayrejuv.commands.rl.summary import RLSummary
+
     finished = layout.state.is_file() and json.loads(layout.state.read_text())["finished_steps"] >= rcfg.steps
-    summary = json.loads(summary_file.read_text()) if finished and summary_file.is_file() else run_rl(rcfg, False)
-    scores = _score(summary["final_checkpoint"], evals, max_new_tokens)
-    rewards = [json.loads(line) for line in layout.metrics.read_text().splitlines()]
-    return {
-        "seed": rcfg.seed,
-        "id_after": scores["id"],
-        "ood_after": scores["ood"],
-        "entropy_after": scores["entropy"],
-        "reward_first": summary["first"]["reward/mean"],
-        "reward_last": summary["last"]["reward/mean"],
-        "zero_std_fraction_first": summary["first"]["reward/zero_std_fraction"],
-        "rl_seconds": summary["seconds"],
-        "rewards": [r["reward/mean"] for r in rewards if "reward/mean" in r],
-        "zero_std_fractions": [r["reward/zero_std_fraction"] for r in rewards if "reward/mean" in r],
-        "run_dir": str(layout.root),
-    }
+    if finished and layout.summary.is_file():
+        return RLSummary.from_json(layout.summary.read_text())
+    return run_rl(rcfg, False)
 
 
 def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets, directory: Path,
-               tracking: TrackingConfig, progress: bool) -> dict[str, list[dict]]:
+               parent: Run, progress: bool) -> dict[str, list[SeedRun]]:
     """Every (start, seed) GRPO run, `rl.concurrent` at a time, each a Ray task that drives its
     own Ray Train learner; results come back sorted by seed."""
     import ray
     from tqdm.auto import tqdm
 
-
     task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: its actors and learner hold the CPUs
     # never more runs than the cluster holds at once: two half-started runs could each hold the CPU
     # the other's learner waits for (a deadlock)
-    demand = (rl_config(cfg, world, starts["modsft"], cfg.seed, directory, tracking, "probe")).cpu_demand()
-    concurrent = max(1, min(cfg.rl.concurrent, int(ray.cluster_resources().get("CPU", 0) // demand)))
-    todo = [
-        (start, seed)
-        for seed in cfg.seed_list
-        for start in STARTS  # seed-major: an interrupted demo has every start at the same seeds
-    ]
+    fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))
+    concurrent = max(1, min(cfg.rl.concurrent, fits))
+    todo = [(start, seed) for seed in cfg.seed_list for start in STARTS]  # seed-major: an interrupted demo
+    # has every start at the same seeds
     running: dict = {}
-    done: dict[str, list[dict]] = {s: [] for s in STARTS}
+    done: dict[str, list[SeedRun]] = {s: [] for s in STARTS}
     bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
     while todo or running:
         while todo and len(running) < concurrent:
             start, seed = todo.pop(0)
-            rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}", tracking,
-                             f"rl:{start}:seed-{seed}")
+            rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}",
+                             parent.child(cfg.tracking, f"rl:{start}:seed-{seed}"))
             running[task.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens)] = start
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
             done[running.pop(ref)].append(ray.get(ref))
             bar.update(1)
     bar.close()
-    return {s: sorted(runs, key=lambda r: r["seed"]) for s, runs in done.items()}
+    return {s: sorted(runs, key=lambda r: r.seed) for s, runs in done.items()}
 
 
-def write_outputs(out: Path, results: dict, per_seed: dict[str, list[dict]], evals: EvalSets) -> None:
+def publish(results: DemoResults, parent: Run) -> None:
+    """results.json, table.md and the figures into OUT; the table's numbers and files to the demo's run."""
     from rayrejuv.commands.demo.report import plot_demo_pass_at_1, plot_demo_rewards
 
-    atomic_write_text(out / RESULTS, json.dumps(results, indent=1))
-    atomic_write_text(out / "table.md", markdown(results))
-    plot_demo_pass_at_1(results, out / "pass_at_1.png")
-    plot_demo_rewards(per_seed, out / "rewards.png")
+    out = Path(results.out)
+    atomic_write_text(out / RESULTS, json.dumps(results.to_json(), indent=1))
+    atomic_write_text(out / "table.md", markdown(results.table))
+    plot_demo_pass_at_1(results.table, out / "pass_at_1.png")
+    plot_demo_rewards({s: row.per_seed for s, row in results.table.rows.items()}, out / "rewards.png")
+    parent.log_metrics(_flat_metrics(results))
+    for name in (RESULTS, "table.md", "pass_at_1.png", "rewards.png"):
+        parent.log_artifact(out / name)
 
 
-def _flat_metrics(results: dict) -> dict[str, float]:
+def _flat_metrics(results: DemoResults) -> dict[str, float]:
     metrics = {}
-    for start, row in results["rows"].items():
+    for start, row in results.table.rows.items():
         for k in ("id_before", "id_after", "ood_before", "ood_after", "entropy_before", "id_gain", "ood_gain"):
-            metrics[f"{start}.{k}"] = row[k]
-    metrics |= {f"time.{k}": v for k, v in results["timings_s"].items()}
-    return metrics
+            metrics[f"{start}.{k}"] = getattr(row, k)
+    return metrics | {f"time.{k}": v for k, v in results.timings_s.items()}

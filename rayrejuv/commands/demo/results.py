@@ -1,9 +1,11 @@
-"""The demo's table: per-start means and spreads over seeds, the paper's three findings checked
-on the numbers, and the Markdown people read. Pure functions of the measured scores."""
+"""The demo's table: per-start means and spreads over seeds, the paper's findings checked on the
+numbers, and the Markdown people read. Pure functions of the measured scores, into typed results
+whose `to_json()` is results.json."""
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict, dataclass
 
 STARTS = ("modsft", "oversft", "oversft_fusion", "oversft_rejuvenation")
 LABELS = {
@@ -12,46 +14,152 @@ LABELS = {
     "oversft_fusion": "OverSFT + fusion",
     "oversft_rejuvenation": "OverSFT + Rejuvenation",
 }
-# what the table reports per start; `_before` values do not depend on the RL seed (greedy decoding)
+# what the table spreads over seeds; `_before` values do not depend on the RL seed (greedy decoding)
 AFTER = ("id_after", "ood_after")
-BEFORE = ("id_before", "ood_before", "entropy_before")
+GAINS = ("id_gain", "ood_gain")
 
 
-def spread(xs: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (0 for one seed), min and max."""
-    return {
-        "mean": statistics.fmean(xs),
-        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-        "min": min(xs),
-        "max": max(xs),
-    }
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float  # sample standard deviation, 0 for one seed
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, xs: list[float]) -> Spread:
+        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0, min(xs), max(xs))
+
+    def pm(self) -> str:
+        return f"{self.mean:.3f} ± {self.std:.3f}"
 
 
-def aggregate(seeds: list[int], before: dict[str, dict], per_seed: dict[str, list[dict]]) -> dict:
-    """results.json: `before[start]` = {id_before, ood_before, entropy_before};
-    `per_seed[start]` = one {seed, id_after, ood_after, ...} per seed, in `seeds` order."""
-    rows = {}
+@dataclass(frozen=True)
+class StartScores:
+    """A start before RL: greedy pass@1 in and out of distribution, teacher-forced entropy."""
+
+    id_before: float
+    ood_before: float
+    entropy_before: float
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One GRPO run from one start: its final checkpoint's scores, and its per-step curves."""
+
+    seed: int
+    id_after: float
+    ood_after: float
+    entropy_after: float
+    reward_first: float
+    reward_last: float
+    zero_std_fraction_first: float
+    rl_seconds: float
+    rewards: list[float]  # (steps,) mean reward of the step's samples
+    zero_std_fractions: list[float]  # (steps,) fraction of groups whose samples all got one reward
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class StartRow:
+    """A row of the table: the start before RL, its runs (in seed order), their means and spreads."""
+
+    id_before: float
+    ood_before: float
+    entropy_before: float
+    per_seed: list[SeedRun]
+    id_after: float
+    ood_after: float
+    id_gain: float
+    ood_gain: float
+    spread: dict[str, Spread]  # id_after, ood_after, id_gain, ood_gain
+
+    def after(self, split: str) -> list[float]:
+        """Per seed: pass@1 on `split` (id, ood) after RL."""
+        return [getattr(r, f"{split}_after") for r in self.per_seed]
+
+    def gains(self, split: str) -> list[float]:
+        """Per seed: pass@1 after RL minus the start's (seed-free) level before it."""
+        before = getattr(self, f"{split}_before")
+        return [a - before for a in self.after(split)]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One of the paper's claims, decided on the means over seeds; `seeds_holding`: on how many
+    paired seeds it holds (None for a seed-free claim); `numbers`: what it was decided on."""
+
+    holds: bool
+    seeds_holding: int | None
+    numbers: dict[str, float]
+
+    def verdict(self, n_seeds: int) -> str:
+        """'holds, 3 of 3 seeds' / 'does not hold, 1 of 3 seeds' (no count for seed-free findings)."""
+        text = "holds" if self.holds else "does not hold"
+        return text if self.seeds_holding is None else f"{text}, {self.seeds_holding} of {n_seeds} seeds"
+
+    def to_json(self) -> dict:
+        counted = {} if self.seeds_holding is None else {"seeds_holding": self.seeds_holding}
+        return {"holds": self.holds, **counted, **self.numbers}
+
+
+@dataclass(frozen=True)
+class DemoTable:
+    """The ablation over seeds: one row per start, the findings, the names of the eval splits."""
+
+    seeds: list[int]
+    rows: dict[str, StartRow]
+    findings: dict[str, Finding]
+    id_split: str
+    ood_split: str
+
+    def split_labels(self) -> tuple[str, str]:
+        """Column names of the two eval splits, e.g. ("ID (hard)", "OOD (general)")."""
+        return f"ID ({self.id_split})", f"OOD ({self.ood_split})"
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    """What a demo measured; `to_json()` is results.json (`out`, where it lies, is not in it)."""
+
+    table: DemoTable
+    diagnosis: dict[str, str]  # checkpoint -> verdict (rigid, at risk, plastic)
+    timings_s: dict[str, float]
+    wall_s: float
+    out: str
+
+    def to_json(self) -> dict:
+        t = self.table
+        return {
+            "seeds": t.seeds,
+            "rows": {s: asdict(r) for s, r in t.rows.items()},
+            "findings": {name: f.to_json() for name, f in t.findings.items()},
+            "id_split": t.id_split,
+            "ood_split": t.ood_split,
+            "diagnosis": self.diagnosis,
+            "timings_s": self.timings_s,
+            "wall_s": self.wall_s,
+        }
+
+
+def start_row(before: StartScores, runs: list[SeedRun]) -> StartRow:
+    """Means and spreads over the runs of one start."""
+    after = {k: [getattr(r, k) for r in runs] for k in AFTER}
+    gains = {f"{split}_gain": [a - getattr(before, f"{split}_before") for a in after[f"{split}_after"]]
+             for split in ("id", "ood")}
+    spread = {k: Spread.of(v) for k, v in (after | gains).items()}
+    return StartRow(**asdict(before), per_seed=runs, **{k: spread[k].mean for k in AFTER},
+                    **{k: statistics.fmean(gains[k]) for k in GAINS}, spread=spread)
+
+
+def aggregate(seeds: list[int], before: dict[str, StartScores], per_seed: dict[str, list[SeedRun]],
+              id_split: str, ood_split: str) -> DemoTable:
+    """`before[start]`: the start's scores; `per_seed[start]`: one run per seed, in `seeds` order."""
     for start in STARTS:
-        runs = per_seed[start]
-        if [r["seed"] for r in runs] != list(seeds):
-            raise ValueError(f"{start}: runs for seeds {[r['seed'] for r in runs]}, expected {list(seeds)}")
-        row = {k: before[start][k] for k in BEFORE} | {"per_seed": runs}
-        for k in AFTER:
-            row[k] = spread(_after(row, k))["mean"]
-        gains = {f"{split}_gain": _gains(row, split) for split in ("id", "ood")}
-        row |= {k: statistics.fmean(v) for k, v in gains.items()}
-        row["spread"] = {k: spread(_after(row, k)) for k in AFTER} | {k: spread(v) for k, v in gains.items()}
-        rows[start] = row
-    return {"seeds": list(seeds), "rows": rows, "findings": findings(rows)}
-
-
-def _after(row: dict, key: str) -> list[float]:
-    return [r[key] for r in row["per_seed"]]
-
-
-def _gains(row: dict, split: str) -> list[float]:
-    """Per seed: pass@1 after RL minus the start's (seed-free) level before it."""
-    return [r[f"{split}_after"] - row[f"{split}_before"] for r in row["per_seed"]]
+        if [r.seed for r in per_seed[start]] != list(seeds):
+            raise ValueError(f"{start}: runs for seeds {[r.seed for r in per_seed[start]]}, expected {list(seeds)}")
+    rows = {start: start_row(before[start], per_seed[start]) for start in STARTS}
+    return DemoTable(list(seeds), rows, findings(rows), id_split, ood_split)
 
 
 def _wins(better: list[float], worse: list[float]) -> int:
@@ -59,76 +167,51 @@ def _wins(better: list[float], worse: list[float]) -> int:
     return sum(b > w for b, w in zip(better, worse, strict=True))
 
 
-def findings(rows: dict[str, dict]) -> dict[str, dict]:
+def findings(rows: dict[str, StartRow]) -> dict[str, Finding]:
     """The paper's claims, each decided on the means over seeds, with the number of seeds on which
     it holds (seed-paired) beside it, and the numbers it was decided on."""
     mod, over, rejuv = rows["modsft"], rows["oversft"], rows["oversft_rejuvenation"]
+
+    def after_rl(split: str) -> Finding:
+        mean = f"{split}_after"
+        return Finding(getattr(rejuv, mean) > getattr(over, mean), _wins(rejuv.after(split), over.after(split)),
+                       {"rejuvenation": getattr(rejuv, mean), "oversft": getattr(over, mean)})
+
     return {
-        "oversft_gains_less_than_modsft": {
-            "holds": over["id_gain"] < mod["id_gain"],
-            "seeds_holding": _wins(_gains(mod, "id"), _gains(over, "id")),
-            "oversft_id_gain": over["id_gain"],
-            "modsft_id_gain": mod["id_gain"],
-        },
-        "rejuvenation_beats_oversft_after_rl_id": {
-            "holds": rejuv["id_after"] > over["id_after"],
-            "seeds_holding": _wins(_after(rejuv, "id_after"), _after(over, "id_after")),
-            "rejuvenation": rejuv["id_after"],
-            "oversft": over["id_after"],
-        },
-        "rejuvenation_beats_oversft_after_rl_ood": {
-            "holds": rejuv["ood_after"] > over["ood_after"],
-            "seeds_holding": _wins(_after(rejuv, "ood_after"), _after(over, "ood_after")),
-            "rejuvenation": rejuv["ood_after"],
-            "oversft": over["ood_after"],
-        },
-        "rejuvenation_restores_entropy": {  # before RL: greedy and teacher-forced, so seed-free
-            "holds": over["entropy_before"] < rejuv["entropy_before"],
-            "oversft": over["entropy_before"],
-            "rejuvenation": rejuv["entropy_before"],
-            "modsft": mod["entropy_before"],
-        },
+        "oversft_gains_less_than_modsft": Finding(
+            over.id_gain < mod.id_gain, _wins(mod.gains("id"), over.gains("id")),
+            {"oversft_id_gain": over.id_gain, "modsft_id_gain": mod.id_gain},
+        ),
+        "rejuvenation_beats_oversft_after_rl_id": after_rl("id"),
+        "rejuvenation_beats_oversft_after_rl_ood": after_rl("ood"),
+        "rejuvenation_restores_entropy": Finding(  # before RL: greedy and teacher-forced, so seed-free
+            over.entropy_before < rejuv.entropy_before, None,
+            {"oversft": over.entropy_before, "rejuvenation": rejuv.entropy_before, "modsft": mod.entropy_before},
+        ),
     }
 
 
-def _pm(s: dict[str, float]) -> str:
-    return f"{s['mean']:.3f} ± {s['std']:.3f}"
-
-
-def split_labels(results: dict) -> tuple[str, str]:
-    """Column names of the two eval splits, e.g. ("ID (hard)", "OOD (general)")."""
-    return f"ID ({results['id_split']})", f"OOD ({results['ood_split']})"
-
-
-def verdict(finding: dict, n_seeds: int) -> str:
-    """'holds, 3 of 3 seeds' / 'does not hold, 1 of 3 seeds' (no count for seed-free findings)."""
-    text = "holds" if finding["holds"] else "does not hold"
-    if "seeds_holding" in finding:
-        text += f", {finding['seeds_holding']} of {n_seeds} seeds"
-    return text
-
-
-def markdown(results: dict) -> str:
+def markdown(table: DemoTable) -> str:
     """The paper's table: pass@1 before/after RL in and out of distribution, the gain, entropy."""
-    n = len(results["seeds"])
-    id_name, ood_name = split_labels(results)
+    n = len(table.seeds)
+    id_name, ood_name = table.split_labels()
     lines = [
         f"| start | entropy before RL | {id_name} before | {id_name} after | {id_name} gain | "
         f"{ood_name} before | {ood_name} after | {ood_name} gain |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for start in STARTS:
-        r = results["rows"][start]
-        sp = r["spread"]
+        r = table.rows[start]
+        sp = r.spread
         lines.append(
-            f"| {LABELS[start]} | {r['entropy_before']:.3f} | {r['id_before']:.3f} | {_pm(sp['id_after'])} | "
-            f"{_pm(sp['id_gain'])} | {r['ood_before']:.3f} | {_pm(sp['ood_after'])} | {_pm(sp['ood_gain'])} |"
+            f"| {LABELS[start]} | {r.entropy_before:.3f} | {r.id_before:.3f} | {sp['id_after'].pm()} | "
+            f"{sp['id_gain'].pm()} | {r.ood_before:.3f} | {sp['ood_after'].pm()} | {sp['ood_gain'].pm()} |"
         )
     lines.append("")
-    lines.append(f"After-RL columns: mean ± sample std over {n} seed(s) {results['seeds']}; before-RL columns are")
+    lines.append(f"After-RL columns: mean ± sample std over {n} seed(s) {table.seeds}; before-RL columns are")
     lines.append("greedy, so seed-free. Findings (decided on the means; seeds: on how many paired seeds it holds):")
-    for name, f in results["findings"].items():
-        numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k not in ("holds", "seeds_holding"))
-        head, _, seeds = verdict(f, n).partition(", ")
+    for name, f in table.findings.items():
+        numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.numbers.items())
+        head, _, seeds = f.verdict(n).partition(", ")
         lines.append(f"- {name.replace('_', ' ')}: **{head}**{', ' + seeds if seeds else ''} ({numbers})")
     return "\n".join(lines) + "\n"
