@@ -107,3 +107,80 @@ def test_a_stale_partial_run_is_discarded_without_resume(make_pair, tmp_path):
     (partial / "model-00001-of-00009.safetensors").write_bytes(b"junk")
     rejuvenate(rejuv_config(base, sft, tmp_path / "out", fusion_only=True), progress=False)
     assert not partial.exists() and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_execution_mode_rule(monkeypatch):
+    """Unset ray.enabled: in process unless a cluster is named, Ray is already connected, or
+    workers > 1 is asked for; ray.enabled true / false (--ray / --no-ray) always wins."""
+    from rayrejuv.commands.rejuvenate import driver
+    from rayrejuv.config.runtime import RayConfig
+
+    def mode(**kw) -> str:
+        return driver.execution_mode(RayConfig(**kw))
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(driver, "_ray_connected", lambda: False)
+    assert RayConfig().enabled is None
+    assert mode() == "in-process" and mode(workers=1) == "in-process"
+    assert mode(workers=2) == "ray" and mode(address="ray://h:10001") == "ray"
+    assert mode(enabled=True) == "ray" and mode(enabled=True, workers=1) == "ray"
+    assert mode(enabled=False, address="ray://h:10001", workers=4) == "in-process"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert mode() == "ray" and mode(enabled=False) == "in-process"
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(driver, "_ray_connected", lambda: True)
+    assert mode() == "ray" and mode(enabled=False) == "in-process"
+
+
+def _imported(importtime_stderr: str) -> set[str]:
+    """Top-level packages a `python -X importtime` run imported."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in importtime_stderr.splitlines() if "|" in line}
+
+
+def test_cli_default_runs_in_process_and_ray_enabled_forces_ray(make_pair, tmp_path):
+    """The default command with no cluster named runs in this process without importing Ray, MLflow
+    (--no-track), transformers or matplotlib; `ray.enabled: true` in the YAML starts a local Ray
+    instance for the run, with the same bytes."""
+    import os
+
+    import yaml
+
+    base, sft = make_pair("llama")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-X", "importtime", "-m", "rayrejuv", "rejuvenate", "--base", str(base), "--sft", str(sft),
+           "--fusion-only", "--max-shard-gb", str(SHARD_GB), "--no-track", "--quiet"]  # fmt: skip
+    default = subprocess.run(cmd + ["--out", str(tmp_path / "default")], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=600)  # fmt: skip
+    assert default.returncode == 0, default.stderr[-3000:]
+    rep = json.loads((tmp_path / "default" / "rejuvenation_report.json").read_text())
+    assert rep["config"]["ray"]["enabled"] is None
+    assert rep["execution"] == {"mode": "in-process", "workers": 1} and "ray_start" not in rep["timings_s"]
+    assert not {"ray", "mlflow", "transformers", "matplotlib"} & _imported(default.stderr)
+
+    yaml_cfg = tmp_path / "ray.yaml"
+    yaml_cfg.write_text(yaml.safe_dump({"ray": {"enabled": True, "workers": 1}}))
+    forced = subprocess.run(cmd + ["--out", str(tmp_path / "forced"), "--config", str(yaml_cfg)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    rep = json.loads((tmp_path / "forced" / "rejuvenation_report.json").read_text())
+    assert rep["execution"]["mode"] == "ray" and rep["execution"]["workers"] == 1 and "ray_start" in rep["timings_s"]
+    _same_checkpoint(tmp_path / "default", tmp_path / "forced")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_malformed_calibration_file_is_refused_before_any_work(make_pair, tmp_path, monkeypatch, enabled):
+    """On Ray the attribution actor reads the calibration file; the driver refuses a bad one first."""
+    from rayrejuv.commands.rejuvenate import driver
+    from rayrejuv.errors import RejuvError
+
+    def no_work(*args):
+        raise AssertionError("the work started")
+
+    monkeypatch.setitem(driver.EXECUTION_MODES, "ray" if enabled else "in-process", no_work)
+    base, sft = make_pair("llama")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q:1+1?A:", "response": "2"}\n{"prompt": "Q:2+2?A:"}\n')
+    cfg = rejuv_config(base, sft, tmp_path / "out", calibration=bad, ray={"enabled": enabled, "workers": 2})
+    with pytest.raises(RejuvError, match=r"bad.jsonl:2: field 'response' must be a non-empty string"):
+        rejuvenate(cfg, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()

@@ -22,7 +22,12 @@ class TrackingConfig(Config):
 
 
 class RayConfig(Config):
-    enabled: bool = Field(True, description="run on Ray (a local instance unless address / RAY_ADDRESS is set)")
+    enabled: bool | None = Field(
+        None,
+        description="where the work runs: true (--ray) on Ray, a local instance unless address / $RAY_ADDRESS names "
+        "a cluster; false (--no-ray) in this process; unset: on Ray only when a cluster is named, this process is "
+        "already connected to Ray or workers > 1 is asked for, else in this process",
+    )
     address: str | None = Field(None, description="Ray cluster address; default $RAY_ADDRESS, else a local instance")
     workers: int | None = Field(None, ge=1, description="LayerShard actors; default one per GPU, else one per CPU")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per LayerShard actor")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rayrejuv.config.rejuvenation import ResetSearchConfig
-from rayrejuv.io.checkpoint import Checkpoint
+from rayrejuv.rejuvenation.job import RejuvenationJob
 from rayrejuv.timing import PhaseTimer
 
 
 class AttributionWorker:
     """Plain Python; `ray.remote(AttributionWorker)` runs it on a node with the attribution device."""
 
-    def run(self, search: ResetSearchConfig, base: Path, sft: Path, allow_pickle: bool, progress: bool):
+    def run(self, search: ResetSearchConfig, job: RejuvenationJob, progress: bool):
         from rayrejuv.rejuvenation.reset_search import find_reset_set
 
         timer = PhaseTimer()
-        base_ckpt = Checkpoint(base, role="base", allow_pickle=allow_pickle)
-        sft_ckpt = Checkpoint(sft, role="SFT", allow_pickle=allow_pickle)
-        reset, stats = find_reset_set(search, base_ckpt, sft_ckpt, timer, progress)
+        base, sft = job.open()
+        reset, stats = find_reset_set(search, base, sft, timer, progress)
         return reset, stats, timer.seconds

@@ -6,25 +6,26 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
+from rayrejuv.config.runtime import RayConfig
 from rayrejuv.distributed.faults import fault_env
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
 from rayrejuv.distributed.partition import contiguous_ranges
 from rayrejuv.io.writer import ShardPlan
+from rayrejuv.rejuvenation.job import RejuvenationJob
 
 
 class LayerShardGroup:
     """Drivers call map(); they never see actors or ranks."""
 
-    def __init__(
-        self, num_workers: int, worker_args: dict, *, cpus: float, gpus: float, placement: str, max_restarts: int
-    ):
+    def __init__(self, job: RejuvenationJob, num_workers: int, rc: RayConfig):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
+        cpus, gpus = rc.cpus_per_worker, rc.gpus_per_worker
         bundles = [{"CPU": cpus, **({"GPU": gpus} if gpus else {})} for _ in range(num_workers)]
-        self.pg = placement_group(bundles, strategy="SPREAD" if placement == "spread" else "PACK")
+        self.pg = placement_group(bundles, strategy=rc.placement.upper())  # PACK / SPREAD
         ray.get(self.pg.ready())
         actor = ray.remote(ShardWorker)
         hooks = fault_env()
@@ -33,10 +34,10 @@ class LayerShardGroup:
                 runtime_env={"env_vars": hooks} if hooks else None,
                 num_cpus=cpus,
                 num_gpus=gpus,
-                max_restarts=max_restarts,
-                max_task_retries=max_restarts,
+                max_restarts=rc.max_restarts,
+                max_task_retries=rc.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(**worker_args)
+            ).remote(job)
             for i in range(num_workers)
         ]
 

@@ -7,13 +7,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from rayrejuv.distributed.faults import fault_point
-from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
 from rayrejuv.method.neurons import ResetSet
-from rayrejuv.rejuvenation.writer import patch_shards, write_shards
+from rayrejuv.rejuvenation.job import RejuvenationJob
+from rayrejuv.rejuvenation.writer import Recipe, patch_shards, write_shards
 
 
 @dataclass
@@ -30,13 +29,9 @@ class ShardResult:
 class ShardWorker:
     """Plain Python; `ray.remote(ShardWorker)` is the LayerShard actor."""
 
-    def __init__(
-        self, base: str, sft: str, allow_pickle: bool, directory: str, alpha: float, omega: float, fingerprint: str
-    ):
-        self.base = Checkpoint(base, role="base", allow_pickle=allow_pickle)
-        self.sft = Checkpoint(sft, role="SFT", allow_pickle=allow_pickle)
-        self.directory = Path(directory)
-        self.alpha, self.omega, self.fingerprint = alpha, omega, fingerprint
+    def __init__(self, job: RejuvenationJob):
+        self.job = job
+        self.base, self.sft = job.open()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def node(self) -> str:
@@ -49,42 +44,40 @@ class ShardWorker:
         A shard whose marker shows the same work already done is reused."""
         stage = "fused" if reset_set is None else "final"
         fp = self._fp(stage, reset_hash)
-        done = read_marker(self.directory, plan, fp)
+        done = read_marker(self.job.directory, plan, fp)
         if done is not None:
-            return ShardResult(plan.file, stage, done["checksums"], 0.0, True, self.name, _peak_rss_mb())
+            return self._result(plan, stage, done["checksums"], None)
         t0 = time.perf_counter()
 
         def mark(p: ShardPlan, sums: dict[str, str]) -> None:
             fault_point()
-            write_marker(self.directory, p, stage, fp, sums)
+            write_marker(self.job.directory, p, stage, fp, sums)
 
-        sums = write_shards(
-            self.directory,
-            [plan],
-            self.base,
-            self.sft,
-            reset_set or ResetSet.empty(),
-            self.alpha,
-            self.omega,
-            progress=False,
-            on_shard_done=mark,
-        )
-        return ShardResult(plan.file, stage, sums, time.perf_counter() - t0, False, self.name, _peak_rss_mb())
+        recipe = self._recipe(reset_set or ResetSet.empty())
+        sums = write_shards(recipe, self.job.directory, [plan], progress=False, on_shard_done=mark)
+        return self._result(plan, stage, sums, t0)
 
     def patch(self, plan: ShardPlan, fused: ShardResult, reset_set: ResetSet, reset_hash: str) -> ShardResult:
         """Turn a fused shard into the final one by rewriting its reset neurons in place."""
         fp = self._fp("final", reset_hash)
-        done = read_marker(self.directory, plan, fp)
+        done = read_marker(self.job.directory, plan, fp)
         if done is not None:
-            return ShardResult(plan.file, "final", done["checksums"], 0.0, True, self.name, _peak_rss_mb())
+            return self._result(plan, "final", done["checksums"], None)
         t0 = time.perf_counter()
-        sums = dict(fused.checksums)
-        sums.update(patch_shards(self.directory, [plan], self.base, self.sft, reset_set, self.alpha, self.omega))
-        write_marker(self.directory, plan, "final", fp, sums)
-        return ShardResult(plan.file, "final", sums, time.perf_counter() - t0, False, self.name, _peak_rss_mb())
+        sums = {**fused.checksums, **patch_shards(self._recipe(reset_set), self.job.directory, [plan])}
+        write_marker(self.job.directory, plan, "final", fp, sums)
+        return self._result(plan, "final", sums, t0)
+
+    def _recipe(self, reset_set: ResetSet) -> Recipe:
+        return Recipe(self.base, self.sft, self.job.fusion, reset_set)
 
     def _fp(self, stage: str, reset_hash: str) -> str:
-        return f"{self.fingerprint}:{stage}:{reset_hash if stage == 'final' else ''}"
+        return f"{self.job.fingerprint}:{stage}:{reset_hash if stage == 'final' else ''}"
+
+    def _result(self, plan: ShardPlan, stage: str, sums: dict[str, str], t0: float | None) -> ShardResult:
+        """t0 None: the shard was reused from its marker (no work, 0 s)."""
+        seconds = 0.0 if t0 is None else time.perf_counter() - t0
+        return ShardResult(plan.file, stage, sums, seconds, t0 is None, self.name, _peak_rss_mb())
 
 
 def _peak_rss_mb() -> float:

@@ -110,47 +110,49 @@ def attribute_targets(
     """
     device = next(model.parameters()).device
     num_layers = len({b.layer for b in index.blocks})
-    w_unembed = model.get_submodule(spec.lm_head_module).weight  # (V, D); tied = embedding
-    gamma = model.get_submodule(spec.final_norm_module).weight  # (D,)
-    lm_head = model.get_submodule(spec.lm_head_module)
     input_ids = batch.input_ids.to(device)
     rows = torch.arange(input_ids.shape[0], device=device)
     with torch.enable_grad(), capture(model, spec, num_layers) as cap:
         # logits_to_keep=1: the full (B, T, V) logits are not needed; we read the real logit
         # from the final norm's output and lm_head below.
         model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), logits_to_keep=1)
-        row_keys = list(cap.rows)
-        row_outputs = [cap.rows[k] for k in row_keys]
         for k in range(positions.shape[1]):
             ok_cpu = valid[:, k]  # positions and valid live on the CPU: index them with a CPU mask
             ok = ok_cpu.to(device)
             if not bool(ok.any()):
                 continue
             b, t = rows[ok], positions[ok_cpu, k].to(device)  # (K,)
-            target = input_ids[b, t + 1]  # teacher-forced next token
-            u = centred_unembedding(w_unembed, target)  # (K, D)
-            x = cap.final_in[b, t]  # (K, D), carries the graph
-            g = frozen_norm_readout(x.detach(), gamma, u, eps)  # (K, D), frozen scale
-            with torch.no_grad():
-                real = lm_head(cap.final_out[b, t])  # (K, V)
-                logit = real.gather(1, target[:, None]).squeeze(1) - real.mean(-1)  # (K,)
-                parts = [component_contribution(cap.embed[b, t], g)]
-                parts += [component_contribution(o[b, t], g) for o in cap.writer_out.values()]
-                recon = torch.stack(parts).sum(0)
-            z = (x * g).sum()  # sum over the K targets: their gradients do not mix
-            grads = torch.autograd.grad(z, row_outputs, retain_graph=True)
-            with torch.no_grad():
-                row_scores = {
-                    key: grad_x_act_row_scores(y[b], gy[b]) for key, y, gy in zip(row_keys, row_outputs, grads)
-                }
-                blocks = []
-                for blk in index.blocks:
-                    key = (blk.layer, blk.kind.name)
-                    if blk.kind.axis is Axis.ROW:
-                        blocks.append(row_scores[key])
-                    else:
-                        weight = model.get_submodule(spec.module_path(blk.layer, blk.kind)).weight  # (D, I)
-                        blocks.append(writer_column_scores(cap.writer_in[key][b, t], weight, g))
-                yield TokenAttribution(
-                    scores=torch.cat(blocks, dim=1), logit=logit, reconstruction_error=(recon - logit).abs()
-                )
+            yield attribute_tokens(model, spec, index, cap, input_ids[b, t + 1], b, t, eps)
+
+
+def attribute_tokens(
+    model, spec: ArchSpec, index: NeuronIndex, cap: Captures, target: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
+    eps: float,
+) -> TokenAttribution:  # fmt: skip
+    """The K targets at (b, t) of one captured forward pass; target (K,) the teacher-forced next tokens."""
+    u = centred_unembedding(model.get_submodule(spec.lm_head_module).weight, target)  # (K, D); tied = embedding
+    x = cap.final_in[b, t]  # (K, D), carries the graph
+    gamma = model.get_submodule(spec.final_norm_module).weight  # (D,)
+    g = frozen_norm_readout(x.detach(), gamma, u, eps)  # (K, D), frozen scale
+    with torch.no_grad():
+        real = model.get_submodule(spec.lm_head_module)(cap.final_out[b, t])  # (K, V)
+        logit = real.gather(1, target[:, None]).squeeze(1) - real.mean(-1)  # (K,)
+        parts = [component_contribution(cap.embed[b, t], g)]
+        parts += [component_contribution(o[b, t], g) for o in cap.writer_out.values()]
+        recon = torch.stack(parts).sum(0)
+    row_keys = list(cap.rows)
+    z = (x * g).sum()  # sum over the K targets: their gradients do not mix
+    grads = torch.autograd.grad(z, [cap.rows[key] for key in row_keys], retain_graph=True)
+    with torch.no_grad():
+        rows = {key: grad_x_act_row_scores(cap.rows[key][b], gy[b]) for key, gy in zip(row_keys, grads)}
+        scores = torch.cat([_block_scores(model, spec, cap, blk, rows, b, t, g) for blk in index.blocks], dim=1)
+    return TokenAttribution(scores=scores, logit=logit, reconstruction_error=(recon - logit).abs())
+
+
+def _block_scores(model, spec: ArchSpec, cap: Captures, blk, rows: dict, b, t, g: torch.Tensor) -> torch.Tensor:
+    """(K, O) scores of one neuron block: grad x act for row neurons, the column readout for writers."""
+    key = (blk.layer, blk.kind.name)
+    if blk.kind.axis is Axis.ROW:
+        return rows[key]
+    weight = model.get_submodule(spec.module_path(blk.layer, blk.kind)).weight  # (D, I)
+    return writer_column_scores(cap.writer_in[key][b, t], weight, g)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.config.rejuvenation import ResetSearchConfig
-from rayrejuv.data.calibration import batches, load_calibration
+from rayrejuv.data.calibration import CalibrationBatch, batches, load_calibration
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.method.entropy import select_target_positions
 from rayrejuv.method.fusion import fuse
 from rayrejuv.method.neurons import NeuronIndex, ResetSet
-from rayrejuv.method.selection import SELECTORS, reset_count, token_relevance
+from rayrejuv.method.selection import SELECTORS, AggregateSelector, reset_count, token_relevance
 from rayrejuv.models.loading import DTYPES, load_model, load_tokenizer, pad_id, resolve_device
 from rayrejuv.models.probe import attribute_targets, response_entropy
 from rayrejuv.timing import PhaseTimer
@@ -31,6 +31,15 @@ class AttributionStats:
     logit_abs_mean: float  # scale of the logits the error is measured against
 
 
+@dataclass
+class _Evidence:
+    """What the attribution saw, per target token, for the stats: (K,) tensors per batch."""
+
+    gaps: list[torch.Tensor] = field(default_factory=list)  # |H_SFT - H_base|
+    errors: list[torch.Tensor] = field(default_factory=list)  # logit reconstruction error
+    logits: list[torch.Tensor] = field(default_factory=list)  # |centred target logit|
+
+
 def neuron_index(ckpt: Checkpoint) -> NeuronIndex:
     return NeuronIndex(ckpt.spec, ckpt.geometry.num_layers, lambda name: ckpt.meta(name).shape)
 
@@ -43,58 +52,73 @@ def fuse_in_place(model, base: Checkpoint, sft: Checkpoint, alpha: float) -> Non
             p.copy_(fuse(sft.get(name), base.get(name), alpha))
 
 
-def find_reset_set(
-    cfg: ResetSearchConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
-) -> tuple[ResetSet, AttributionStats]:
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.attribution_dtype]
+def calibration_batches(cfg: ResetSearchConfig, sft: Checkpoint) -> list[CalibrationBatch]:
+    """The calibration file, tokenized with the SFT tokenizer and batched (refuses a bad file)."""
     tokenizer = load_tokenizer(sft)
     examples = load_calibration(cfg.calibration, tokenizer, cfg.max_length)
-    calib = batches(examples, cfg.batch_size, pad_id(tokenizer))
+    return batches(examples, cfg.batch_size, pad_id(tokenizer))
 
-    # Step 1: entropies of base and SFT at every response position.
-    with timer.phase("entropy"):
-        model = load_model(base, dtype, device)
-        h_base = [
-            response_entropy(model, b).cpu()
-            for b in tqdm(calib, desc="entropy (base)", unit="batch", disable=not progress)
-        ]
-        del model
-        model = load_model(sft, dtype, device)
-        h_sft = [
-            response_entropy(model, b).cpu()
-            for b in tqdm(calib, desc="entropy (sft)", unit="batch", disable=not progress)
-        ]
-        if cfg.attribution_model == "fused":
-            fuse_in_place(model, base, sft, cfg.alpha)
 
-    # Steps 2-4: per-token neuron scores at the top-N entropy-gap positions, then the reset set.
-    index = neuron_index(sft)
-    count = reset_count(cfg.reset_ratio, index.total)
-    selector = SELECTORS[cfg.selection](index.total, count)
-    errors, logits, gaps = [], [], []
-    with timer.phase("attribution"):
-        for b, hb, hs in tqdm(list(zip(calib, h_base, h_sft)), desc="attribution", unit="batch", disable=not progress):
-            positions, valid = select_target_positions(hs, hb, b.response_mask, cfg.tokens_per_example)
-            gaps.append((hs - hb).abs().gather(1, positions)[valid])
-            for tok in attribute_targets(model, sft.spec, index, b, positions, valid, sft.geometry.rms_norm_eps):
-                selector.update(token_relevance(tok.scores.cpu(), cfg.score_sign))
-                errors.append(tok.reconstruction_error.cpu())
-                logits.append(tok.logit.abs().cpu())
-        selected = selector.select()
-    del model
+def entropies(model, calib: list[CalibrationBatch], side: str, progress: bool) -> list[torch.Tensor]:
+    """Step 1: (B, T) predictive entropy per batch, on the CPU."""
+    return [
+        response_entropy(model, b).cpu()
+        for b in tqdm(calib, desc=f"entropy ({side})", unit="batch", disable=not progress)
+    ]
 
-    err = torch.cat(errors).double()
+
+def attribute(
+    model, cfg: ResetSearchConfig, sft: Checkpoint, index: NeuronIndex, selector: AggregateSelector,
+    calib: list[CalibrationBatch], h_base: list[torch.Tensor], h_sft: list[torch.Tensor], progress: bool,
+) -> _Evidence:  # fmt: skip
+    """Steps 2-3: per-token neuron scores at the top-N entropy-gap positions, fed to the selector."""
+    seen = _Evidence()
+    for b, hb, hs in tqdm(list(zip(calib, h_base, h_sft)), desc="attribution", unit="batch", disable=not progress):
+        positions, valid = select_target_positions(hs, hb, b.response_mask, cfg.tokens_per_example)
+        seen.gaps.append((hs - hb).abs().gather(1, positions)[valid])
+        for tok in attribute_targets(model, sft.spec, index, b, positions, valid, sft.geometry.rms_norm_eps):
+            selector.update(token_relevance(tok.scores.cpu(), cfg.score_sign))
+            seen.errors.append(tok.reconstruction_error.cpu())
+            seen.logits.append(tok.logit.abs().cpu())
+    return seen
+
+
+def attribution_stats(
+    seen: _Evidence, calib: list[CalibrationBatch], h_base: list[torch.Tensor], h_sft: list[torch.Tensor]
+) -> AttributionStats:
+    err = torch.cat(seen.errors).double()
     resp_base = torch.cat([h[b.response_mask] for h, b in zip(h_base, calib)])
     resp_sft = torch.cat([h[b.response_mask] for h, b in zip(h_sft, calib)])
-    stats = AttributionStats(
-        examples=len(examples),
+    return AttributionStats(
+        examples=sum(b.input_ids.shape[0] for b in calib),
         target_tokens=int(err.numel()),
         entropy_base=float(resp_base.mean()),
         entropy_sft=float(resp_sft.mean()),
-        target_gap=float(torch.cat(gaps).mean()),
+        target_gap=float(torch.cat(seen.gaps).mean()),
         reconstruction_error_max=float(err.max()),
         reconstruction_error_mean=float(err.mean()),
-        logit_abs_mean=float(torch.cat(logits).double().mean()),
+        logit_abs_mean=float(torch.cat(seen.logits).double().mean()),
     )
+
+
+def find_reset_set(
+    cfg: ResetSearchConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
+) -> tuple[ResetSet, AttributionStats]:
+    """Steps 1-4 on the calibration set: entropies of base and SFT, neuron scores at the largest
+    entropy gaps, the reset set (Eq. 4)."""
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.attribution_dtype]
+    calib = calibration_batches(cfg, sft)
+    with timer.phase("entropy"):
+        h_base = entropies(load_model(base, dtype, device), calib, "base", progress)  # base freed after
+        model = load_model(sft, dtype, device)
+        h_sft = entropies(model, calib, "sft", progress)
+        if cfg.attribution_model == "fused":
+            fuse_in_place(model, base, sft, cfg.alpha)
+    index = neuron_index(sft)
+    selector = SELECTORS[cfg.selection](index.total, reset_count(cfg.reset_ratio, index.total))
+    with timer.phase("attribution"):
+        seen = attribute(model, cfg, sft, index, selector, calib, h_base, h_sft, progress)
+        selected = selector.select()  # step 4
+    del model
+    stats = attribution_stats(seen, calib, h_base, h_sft)
     return ResetSet.from_global(index, selected, selector.relevance_sum), stats
