@@ -43,11 +43,11 @@ def main() -> None:
         tracking={"enabled": False},
     )
     s = run_tune(cfg, progress=False)
-    ideal = s["trial_seconds_sum"] / args.concurrent
+    ideal = s.trial_seconds_sum / args.concurrent
     print((out / "leaderboard.md").read_text())
-    print(f"{args.trials} trials, {args.concurrent} concurrent: search wall {s['wall_seconds']:.1f}s, "
-          f"sum of trial run times {s['trial_seconds_sum']:.1f}s, ideal wall {ideal:.1f}s")
-    print(f"overhead {s['wall_seconds'] / ideal - 1:+.1%} (target < 15%)")
+    print(f"{args.trials} trials, {args.concurrent} concurrent: search wall {s.wall_seconds:.1f}s, "
+          f"sum of trial run times {s.trial_seconds_sum:.1f}s, ideal wall {ideal:.1f}s")
+    print(f"overhead {s.wall_seconds / ideal - 1:+.1%} (target < 15%)")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_rl_on_one_shared_gpu_raises_reward(cuda_run):
         "eval_sample_accuracy": [r["eval/sample_accuracy"] for r in evals],
         "eval_pass_at_1": [r["eval/pass_at_1"] for r in evals],
         "reward_first10": first, "reward_last10": last,
-        "mean_step_s": summary["mean_step_seconds"], "seconds": summary["seconds"],
+        "mean_step_s": summary.mean_step_seconds, "seconds": summary.seconds,
         "time_generate_mean": sum(r["time/generate"] for r in steps) / len(steps),
         "time_learn_mean": sum(r["time/learn"] for r in steps) / len(steps),
         "time_sync_mean": sum(r["time/sync"] for r in steps) / len(steps),
@@ -86,7 +86,7 @@ def test_rl_on_one_shared_gpu_raises_reward(cuda_run):
     assert [r["step"] for r in evals] == [0, 10, 20, 30]
     assert after > 1.5 * before and after - before > 0.04, (before, after)
     assert last > first + 0.1, (first, last)
-    assert summary["last"]["policy/kl"] > 0
+    assert summary.last["policy/kl"] > 0
     assert (out / "final" / "model.safetensors").exists()
 
 

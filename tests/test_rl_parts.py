@@ -193,3 +193,55 @@ def test_cli_rl_refuses_a_missing_model(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert p.returncode == 2 and "is not a directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_rl_summary_keeps_the_summary_json_format(tmp_path):
+    from rayrejuv.commands.rl.summary import RLSummary
+
+    records = [
+        {"step": 0, "eval/pass_at_1": 0.25, "eval/pass_at_k": 0.5},
+        {"step": 1, "reward/mean": -0.5, "time/step": 2.0},
+        {"step": 2, "reward/mean": 0.25, "time/step": 4.0, "eval/pass_at_1": 0.75, "eval/pass_at_k": 1.0},
+    ]
+    s = RLSummary.of(records, steps=2, final=tmp_path / "final", seconds=9.5)
+    expected = {  # the dict `summarize` wrote before RLSummary, key for key and in order
+        "steps": 2, "final_checkpoint": str(tmp_path / "final"), "seconds": 9.5,
+        "first": {"reward/mean": -0.5, "time/step": 2.0},
+        "last": {"reward/mean": 0.25, "time/step": 4.0, "eval/pass_at_1": 0.75, "eval/pass_at_k": 1.0},
+        "eval_first": records[0], "eval_last": records[2], "mean_step_seconds": 3.0,
+    }
+    assert list(json.loads(s.to_json()).items()) == list(expected.items())
+    assert RLSummary.from_json(s.to_json()) == s and s.final_checkpoint == tmp_path / "final"
+    empty = RLSummary.of([], steps=0, final=tmp_path, seconds=0.0)
+    assert (empty.first, empty.last, empty.eval_first, empty.mean_step_seconds) == ({}, {}, {}, 0.0)
+
+
+def test_auto_engine_is_deepspeed_on_gpu_only():
+    from rayrejuv.config.rl import LearnerConfig
+
+    assert LearnerConfig().resolved_engine() == "ddp"
+    assert LearnerConfig(use_gpu=True).resolved_engine() == "deepspeed"
+    assert LearnerConfig(use_gpu=True, engine="ddp").resolved_engine() == "ddp"
+    assert LearnerConfig(engine="deepspeed").resolved_engine() == "deepspeed"
+    assert LearnerConfig(use_gpu=True, gpus_per_worker=0.5).worker_resources() == {"CPU": 1.0, "GPU": 0.5}
+    assert LearnerConfig(cpus_per_worker=2).worker_resources() == {"CPU": 2.0}
+
+
+def test_experience_rewards_and_group_advantages(tmp_path):
+    """reward -> advantages of one step of P=2 prompts x G=3: +1/-1 by answer, group-relative."""
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.loop import Experience
+    from rayrejuv.commands.rl.workers import RLWorkers
+
+    cfg = RLConfig(model=tmp_path, train_data=tmp_path / "t.jsonl", out=tmp_path / "o",
+                   grpo={"prompts_per_step": 2, "group_size": 3})
+    rows = [{"prompt": "p0", "answer": "4"}, {"prompt": "p1", "answer": "7"}]
+    exp = Experience(cfg, rows, [], RLWorkers(rollouts=None, reference=None, sink=None), pad_id=0)
+    batch = _rollout(6, 2, 3, 0, group=torch.tensor([0, 0, 0, 1, 1, 1]))
+    batch.texts = ["#### 4", "#### 5", "#### 4", "#### 1", "#### 2", "#### 3"]
+    metrics = exp.reward(batch, rows) | exp.advantages(batch)
+    assert batch.rewards.tolist() == [1.0, -1.0, 1.0, -1.0, -1.0, -1.0]
+    a = 3**-0.5  # (1 - 1/3) / std([1, -1, 1]), the unbiased std 2/sqrt(3); the all-wrong group: 0
+    torch.testing.assert_close(batch.advantages, torch.tensor([a, -2 * a, a, 0.0, 0.0, 0.0]), rtol=0, atol=1e-5)
+    assert metrics["reward/mean"] == pytest.approx(-2 / 6) and metrics["reward/accuracy"] == pytest.approx(2 / 6)
+    assert metrics["reward/zero_std_fraction"] == 0.5

@@ -60,8 +60,8 @@ def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking = {"enabled": True, "uri": uri, "experiment": "t"}
     summary = run_tune(tune_config(pair, tmp_path / "search", tracking=tracking), False)
-    board = summary["leaderboard"]
-    assert len(board) == 4 and all(r["status"] in ("finished", "stopped early") for r in board)
+    board = summary.leaderboard
+    assert len(board) == 4 and all(r.status in ("finished", "stopped early") for r in board)
     runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("t").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -70,10 +70,10 @@ def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair,
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}  # stopped trials closed as KILLED
     assert (tmp_path / "search" / "objective_vs_params.png").exists()
 
-    best = yaml.safe_load(Path(summary["best_yaml"]).read_text())
+    best = yaml.safe_load(Path(summary.best_yaml).read_text())
     again = RejuvenateConfig.model_validate({**best, "out": tmp_path / "again", "tracking": {"enabled": False}})
     rejuvenate(again, progress=False)
-    a, b = load_tensors(summary["best_checkpoint"]), load_tensors(tmp_path / "again")
+    a, b = load_tensors(summary.best_checkpoint), load_tensors(tmp_path / "again")
     assert a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in a)
 
 
@@ -85,10 +85,10 @@ def test_asha_stops_a_designed_bad_trial(pair, tmp_path):
 
     cfg = tune_config(pair, tmp_path / "s", num_samples=2, max_concurrent=1, search_alg="random",
                       space={"alpha": {"choices": [1.0, 0.0], "grid": True}}, probe={"steps": 4, "report_every": 1})
-    board = run_tune(cfg, False)["leaderboard"]
+    board = run_tune(cfg, False).leaderboard
     assert len(board) == 4
-    assert [r for r in board if r["alpha"] == 0.0 and r["status"] == "stopped early"]
-    assert all(r["status"] == "finished" for r in board if r["alpha"] == 1.0)
+    assert [r for r in board if r.params["alpha"] == 0.0 and r.status == "stopped early"]
+    assert all(r.status == "finished" for r in board if r.params["alpha"] == 1.0)
 
 
 @pytest.mark.slow
@@ -132,9 +132,9 @@ def test_a_raising_trial_is_retried_then_recorded_failed(pair, tmp_path):
 
     cfg = tune_config(pair, tmp_path / "s", num_samples=1, max_concurrent=1, search_alg="random", asha=False,
                       keep_best=4, space={"selection": {"choices": ["aggregate", "no-such-selector"], "grid": True}})
-    board = run_tune(cfg, False)["leaderboard"]
-    bad = [r for r in board if r["selection"] == "no-such-selector"]
-    assert len(board) == 2 and bad[0]["status"] == "failed"
-    assert [r["status"] for r in board if r["selection"] == "aggregate"] == ["finished"]
-    attempts = (tmp_path / "s" / "trials" / bad[0]["trial"] / "attempts.log").read_text().splitlines()
+    board = run_tune(cfg, False).leaderboard
+    bad = [r for r in board if r.params["selection"] == "no-such-selector"]
+    assert len(board) == 2 and bad[0].status == "failed"
+    assert [r.status for r in board if r.params["selection"] == "aggregate"] == ["finished"]
+    attempts = (tmp_path / "s" / "trials" / bad[0].trial / "attempts.log").read_text().splitlines()
     assert len(attempts) == 2  # max_failures=1: one retry

@@ -43,3 +43,14 @@ class MetricsSink:
         if not self.path.exists():
             return []
         return [json.loads(r) for r in self.path.read_text().splitlines() if r]
+
+
+def start_sink(path: Path, tracking_uri: str | None, run_id: str | None):
+    """The sink actor, pinned to this (the driver's) node: the run directory is written where it was claimed."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(MetricsSink).options(num_cpus=0, scheduling_strategy=here).remote(
+        str(path), tracking_uri, run_id
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.models.rollout import Rollout
 
 
@@ -31,3 +32,14 @@ class ReferenceWorker:
         if self.device.type == "cuda":  # free the (micro, T, V) logits' blocks for a learner sharing the GPU
             torch.cuda.empty_cache()
         return torch.cat(parts)
+
+
+def start_reference(model_dir: Path, rollout: RolloutConfig, gpus: float, micro_batch_size: int):
+    """The reference actor on the rollouts' device and dtype, outside any caller's placement group."""
+    import ray
+
+    return (
+        ray.remote(ReferenceWorker)
+        .options(num_cpus=1.0, num_gpus=gpus, scheduling_strategy="DEFAULT")
+        .remote(str(model_dir), rollout.device, rollout.dtype, 1, micro_batch_size)
+    )

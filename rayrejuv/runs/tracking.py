@@ -55,6 +55,19 @@ class Run:
             return cfg.model_copy(update={"run_name": run_name})
         return cfg.model_copy(update={"run_name": run_name, "parent_run_id": self.run_id, "uri": self.tracking_uri})
 
+    def kill_running_children(self) -> int:
+        """Mark this run's child runs that are still RUNNING as KILLED: their process was killed (a
+        Tune trial that ASHA stopped never leaves its `tracked_run`). Returns how many."""
+        if self._mlflow is None:
+            return 0
+        client = self._mlflow.MlflowClient(self._mlflow.get_tracking_uri())
+        run = self._mlflow.active_run()
+        query = f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"
+        children = client.search_runs([run.info.experiment_id], filter_string=query)
+        for child in children:
+            client.set_terminated(child.info.run_id, status="KILLED")
+        return len(children)
+
     def log_params(self, params: dict[str, Any]) -> None:
         if self._mlflow is not None:
             flat = {sanitize(k): str(v)[:6000] for k, v in flatten(params).items()}

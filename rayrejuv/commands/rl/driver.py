@@ -1,5 +1,10 @@
-"""`rayrejuv rl`: validate, claim the run directory, start the actors, run the Ray Train learner
-(`grpo_worker`), export the final checkpoint. Re-running with the same --out resumes."""
+"""`rayrejuv rl`: GRPO on Ray. Re-running with the same --out resumes.
+
+    check inputs, claim --out                   run.json: the config's fingerprint, MLflow run id, steps done
+    start workers                               rollout actors, reference (beta > 0), metrics sink
+    fit                                         Ray Train learner: `loop.grpo_worker` on every rank
+    finalize                                    --out/final, summary.json (RLSummary), curves.png
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.commands.rl.summary import RLSummary
+from rayrejuv.commands.rl.workers import RLWorkers, start_workers
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import AtomicDir, atomic_write_text
 from rayrejuv.runs.cluster import cluster_address
 from rayrejuv.runs.directory import RunDir, claim_run_dir
+from rayrejuv.runs.tracking import Run
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,18 @@ class RunLayout:
     @property
     def final(self) -> Path:
         return self.root / "final"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"  # RLSummary.to_json()
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    def records(self) -> list[dict]:
+        """metrics.jsonl: one {"step", metric: value} record per step (and per evaluation)."""
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
 
 
 def claim(layout: RunLayout, cfg: RLConfig) -> RunDir:
@@ -82,94 +102,79 @@ def _check_gpus(cfg: RLConfig, resources: dict) -> None:
     )
 
 
-def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> dict:
-    """`callbacks`: Ray Train UserCallbacks of the learner run (Tune's probe reporter uses one)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from rayrejuv.commands.rl.loop import grpo_worker
-    from rayrejuv.distributed.metrics_sink import MetricsSink
-    from rayrejuv.distributed.reference import ReferenceWorker
-    from rayrejuv.distributed.rollout_group import RolloutGroup
+def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> RLSummary:
+    """Start workers -> fit -> finalize. `callbacks`: Ray Train UserCallbacks of the learner run
+    (Tune's probe reporter uses one)."""
     from rayrejuv.runs.cluster import ray_session
-    from rayrejuv.runs.tracking import absolute_uri, tracked_run
+    from rayrejuv.runs.tracking import tracked_run
 
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     rows, eval_rows = _check_inputs(cfg)
-    layout = RunLayout(Path(cfg.out).absolute())
+    layout = RunLayout(cfg.out)
     run_dir = claim(layout, cfg)
-    state = run_dir.state
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     with (
         ray_session(cfg.ray.address, cfg.cpu_demand()) as resources,
-        tracked_run(cfg.tracking, "rl", run_id=state["run_id"]) as run,
+        tracked_run(cfg.tracking, "rl", run_id=run_dir.state["run_id"]) as run,
     ):
         _check_gpus(cfg, resources)
-        if state["run_id"] is None:
-            run.log_params(cfg.model_dump(mode="json"))
-        state["run_id"] = run.run_id
-        run_dir.save()
-        uri = None
-        if run.run_id is not None:
-            import mlflow
+        _record_run(run_dir, run, cfg)
+        with start_workers(cfg, layout.metrics, run) as workers:
+            checkpoint = fit(cfg, layout, workers, rows, eval_rows, progress, callbacks)
+            records = workers.records()
+        return finalize(cfg, layout, run_dir, run, checkpoint, records, started)
 
-            uri = absolute_uri(mlflow.get_tracking_uri())
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        sink = ray.remote(MetricsSink).options(num_cpus=0, scheduling_strategy=here).remote(
-            str(layout.metrics), uri, run.run_id
-        )
-        rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
-        reference = None
-        if cfg.grpo.beta > 0:
-            reference = (
-                ray.remote(ReferenceWorker)
-                .options(num_cpus=1.0, num_gpus=cfg.reference_gpus(), scheduling_strategy="DEFAULT")
-                .remote(str(cfg.model), cfg.rollout.device, cfg.rollout.dtype, 1, cfg.grpo.micro_batch_size)
-            )
-        trainer = TorchTrainer(
-            grpo_worker,
-            train_loop_config={
-                "cfg": cfg.model_dump(mode="json"),
-                "rows": rows,
-                "eval_rows": eval_rows,
-                "rollouts": rollouts,
-                "reference": reference,
-                "sink": sink,
-            },
-            torch_config=TorchConfig(backend="nccl" if cfg.learner.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=cfg.learner.workers,
-                use_gpu=cfg.learner.use_gpu,
-                resources_per_worker={"CPU": cfg.learner.cpus_per_worker}
-                | ({"GPU": cfg.learner.gpus_per_worker} if cfg.learner.use_gpu else {}),
-            ),
-            run_config=RunConfig(
-                name="grpo",
-                storage_path=str(layout.storage),
-                failure_config=FailureConfig(max_failures=2),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                callbacks=callbacks,
-            ),
-        )
-        try:
-            result = trainer.fit()
-        finally:
-            rollouts.shutdown()
-        records = ray.get(sink.records.remote())
-        final = export_final(result.checkpoint, layout.final)
-        state["finished_steps"] = cfg.steps
-        run_dir.save()
-        summary = summarize(records, cfg, final, time.perf_counter() - t_start)
-        atomic_write_text(layout.root / "summary.json", json.dumps(summary, indent=1))
-        from rayrejuv.commands.rl.report import plot_rl_curves
 
-        plot_rl_curves(records, layout.root / "curves.png", title=f"GRPO from {Path(cfg.model).name}")
-        run.log_artifact(layout.root / "curves.png")
-        run.log_artifact(layout.root / "summary.json")
-        run.log_metrics({"final/" + k: v for k, v in summary["last"].items()})
+def _record_run(run_dir: RunDir, run: Run, cfg: RLConfig) -> None:
+    """A new run logs its config; a resumed one continues its MLflow run (the id is in run.json)."""
+    if run_dir.state["run_id"] is None:
+        run.log_params(cfg.model_dump(mode="json"))
+    run_dir.state["run_id"] = run.run_id
+    run_dir.save()
+
+
+def fit(cfg: RLConfig, layout: RunLayout, workers: RLWorkers, rows: list[dict], eval_rows: list[dict],
+        progress: bool, callbacks: list | None):
+    """The Ray Train learner: `grpo_worker` on every rank until cfg.steps; returns its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayrejuv.commands.rl.loop import grpo_worker
+
+    learner = cfg.learner
+    trainer = TorchTrainer(
+        grpo_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "rows": rows, "eval_rows": eval_rows,
+                           "workers": workers, "progress": progress},
+        torch_config=TorchConfig(backend="nccl" if learner.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=learner.workers, use_gpu=learner.use_gpu,
+                                     resources_per_worker=learner.worker_resources()),
+        run_config=RunConfig(
+            name="grpo",
+            storage_path=str(layout.storage),
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit().checkpoint
+
+
+def finalize(cfg: RLConfig, layout: RunLayout, run_dir: RunDir, run: Run, checkpoint, records: list[dict],
+             started: float) -> RLSummary:
+    """Export --out/final, mark the run finished, write summary.json and curves.png, log them."""
+    from rayrejuv.commands.rl.report import plot_rl_curves
+
+    final = export_final(checkpoint, layout.final)
+    run_dir.state["finished_steps"] = cfg.steps
+    run_dir.save()
+    summary = RLSummary.of(records, cfg.steps, final, time.perf_counter() - started)
+    atomic_write_text(layout.summary, summary.to_json())
+    plot_rl_curves(records, layout.curves, title=f"GRPO from {Path(cfg.model).name}")
+    run.log_artifact(layout.curves)
+    run.log_artifact(layout.summary)
+    run.log_metrics({"final/" + k: v for k, v in summary.last.items()})
     return summary
 
 
@@ -179,19 +184,3 @@ def export_final(checkpoint, target: Path) -> Path:
         shutil.copytree(Path(d) / "model", out.tmp, dirs_exist_ok=True)
         out.commit()
     return target
-
-
-def summarize(records: list[dict], cfg: RLConfig, final: Path, seconds: float) -> dict:
-    steps = [r for r in records if "reward/mean" in r]
-    evals = [r for r in records if "eval/pass_at_1" in r]
-    last = {k: v for k, v in steps[-1].items() if k != "step"} if steps else {}
-    return {
-        "steps": cfg.steps,
-        "final_checkpoint": str(final),
-        "seconds": seconds,
-        "first": {k: v for k, v in steps[0].items() if k != "step"} if steps else {},
-        "last": last,
-        "eval_first": evals[0] if evals else {},
-        "eval_last": evals[-1] if evals else {},
-        "mean_step_seconds": sum(r["time/step"] for r in steps) / max(1, len(steps)),
-    }

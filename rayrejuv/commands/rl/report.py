@@ -7,11 +7,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rayrejuv.commands.rl.summary import RLSummary
 from rayrejuv.figures import pyplot
 
 
 def plot_rl_curves(records: list[dict], path: Path, title: str = "GRPO") -> None:
-    """Reward, entropy, gradient norm vs weight-update magnitude (the paper's Figure 4 pair), eval."""
+    """Reward, entropy, gradient norm vs weight-update magnitude (the paper's Figure 4 pair), eval,
+    from the run's metrics.jsonl records."""
     plt = pyplot()
     panels = [
         ("reward", ["reward/mean"]),
@@ -36,19 +38,18 @@ def plot_rl_curves(records: list[dict], path: Path, title: str = "GRPO") -> None
     plt.close(fig)
 
 
-
-def print_rl_summary(summary: dict) -> None:
+def print_rl_summary(summary: RLSummary) -> None:
     c = Console(width=max(Console().width, 120))
-    t = Table(title=f"GRPO: {summary['steps']} steps -> {summary['final_checkpoint']}")
+    t = Table(title=f"GRPO: {summary.steps} steps -> {summary.final_checkpoint}")
     t.add_column("metric")
     t.add_column("first step", justify="right")
     t.add_column("last step", justify="right")
     for key in ("reward/mean", "reward/zero_std_fraction", "policy/entropy", "policy/kl", "policy/grad_norm",
                 "policy/update_norm", "response/length_mean", "time/step"):
-        if key in summary["last"]:
-            t.add_row(key, f"{summary['first'][key]:.4f}", f"{summary['last'][key]:.4f}")
+        if key in summary.last:
+            t.add_row(key, f"{summary.first[key]:.4f}", f"{summary.last[key]:.4f}")
     for key in ("eval/pass_at_1", "eval/pass_at_k"):
-        if key in summary["eval_last"]:
-            t.add_row(key, f"{summary['eval_first'][key]:.4f}", f"{summary['eval_last'][key]:.4f}")
+        if key in summary.eval_last:
+            t.add_row(key, f"{summary.eval_first[key]:.4f}", f"{summary.eval_last[key]:.4f}")
     c.print(t)
-    c.print(f"mean step {summary['mean_step_seconds']:.2f}s; wall {summary['seconds']:.1f}s")
+    c.print(f"mean step {summary.mean_step_seconds:.2f}s; wall {summary.seconds:.1f}s")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from rayrejuv.config.base import Config
+from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
+from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.config.base import Config, merge_overrides
 from rayrejuv.config.runtime import RayConfig, TrackingConfig
 
 
@@ -45,12 +47,35 @@ def _default_space() -> dict[str, Range]:
 SEARCHABLE = ("alpha", "reset_ratio", "omega", "tokens_per_example", "selection")
 
 
+def _first_error(e: ValidationError, *within: str) -> str:
+    """One line naming the offending key, e.g. "rl.grpo.lr: Input should be greater than 0"."""
+    err = e.errors()[0]
+    key = ".".join([*within, *(str(p) for p in err["loc"])])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg}" if key else msg
+
+
 class ProbeConfig(Config):
     steps: int = Field(8, ge=1, description="GRPO steps of the probe")
     report_every: int = Field(2, ge=1, description="report to the scheduler (ASHA) every K probe steps")
     rl: dict[str, Any] = Field(
         default_factory=dict, description="RLConfig overrides for the probe (grpo, rollout, learner, reward sections)"
     )
+
+    def rl_config(self, model: Path, train_data: Path, out: Path, seed: int) -> RLConfig:
+        """The probe's `rayrejuv rl` run: the overrides in `rl` under what the search sets itself."""
+        fixed = {"model": model, "train_data": train_data, "eval_data": None, "out": out, "steps": self.steps,
+                 "checkpoint_every": self.report_every, "keep_checkpoints": 1, "eval_every": 0, "seed": seed,
+                 "overwrite": True, "tracking": {"enabled": False}}
+        return RLConfig.model_validate(merge_overrides(self.rl, fixed))
+
+    @model_validator(mode="after")
+    def _rl_overrides_are_an_rl_config(self) -> ProbeConfig:
+        try:  # placeholders for the paths the search fills in per trial
+            self.rl_config(Path("model"), Path("train.jsonl"), Path("probe"), 0)
+        except ValidationError as e:
+            raise ValueError(_first_error(e, "rl")) from None
+        return self
 
 
 class TuneConfig(Config):
@@ -87,6 +112,33 @@ class TuneConfig(Config):
     keep_best: int = Field(2, ge=1, description="rejuvenated checkpoints kept (the best K trials)")
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_are_rejuvenate_fields(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(fixed) - set(RejuvenateConfig.model_fields))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a RejuvenateConfig field")
+        try:  # placeholders for what the search sets per trial
+            RejuvenateConfig.model_validate({**fixed, "base": "base", "sft": "sft", "calibration": "calib.jsonl",
+                                             "out": "trial"})
+        except ValidationError as e:
+            raise ValueError(_first_error(e)) from None
+        return fixed
+
+    def rejuvenate_config(self, params: dict[str, Any], out: Path) -> RejuvenateConfig:
+        """A trial's rejuvenation: the fixed fields + the sampled hyperparameters `params`."""
+        return RejuvenateConfig.model_validate(
+            {**self.fixed, "base": self.base, "sft": self.sft, "calibration": self.calibration, **params, "out": out,
+             "overwrite": True, "ray": {"enabled": False}, "tracking": {"enabled": False}}
+        )
+
+    def cpu_demand(self) -> float:
+        """Logical CPUs the search reserves: each running trial's process and its probe's actors,
+        plus one trial's worth of headroom (the learner placement group of a trial ASHA stopped is
+        freed by Ray Train's cleaner actor a little later; measured: a next trial can time out on it)."""
+        probe = self.probe.rl_config(self.sft, self.train_data, self.out, self.seed)
+        return (self.cpus_per_trial + probe.cpu_demand()) * (self.max_concurrent + 1)
 
     @model_validator(mode="after")
     def _checks(self) -> TuneConfig:

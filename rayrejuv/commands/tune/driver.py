@@ -1,10 +1,9 @@
 """`rayrejuv tune`: Ray Tune over rejuvenation hyperparameters, each trial scored by a short GRPO probe.
 
-    trial(alpha, rho, omega, N, selection):
-        rejuvenate(base, sft)                    in the trial process
-        probe = rl(rejuvenated, M steps)         Ray Train learner + rollout actors; reports -> ASHA
-        evaluate ID (and OOD) greedy pass@1
-        report objective                         probe reward (end or area) or eval pass@1
+    claim --out                              search.json: the search's MLflow run id (--resume continues)
+    tuner = Tuner(run_trial, space)          Optuna TPE or random search; ASHA on the probe's reports
+    grid = tuner.fit()                       each trial (trial.py): rejuvenate -> probe -> evaluate
+    finish                                   leaderboard, best.yaml, plots, summary.json (TuneSummary)
 
 Every trial is a nested MLflow run under the search's parent run; the parent holds the
 leaderboard and the objective-vs-hyperparameter plots. `best.yaml` feeds `rayrejuv rejuvenate`.
@@ -20,15 +19,15 @@ from typing import Any
 
 import yaml
 
-from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
-from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.commands.tune.config import Range, TuneConfig
-from rayrejuv.config.base import merge_overrides
+from rayrejuv.commands.tune.results import TrialRow, TuneSummary, leaderboard_markdown, ranked
+from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.runs.directory import RunDir
+from rayrejuv.runs.tracking import Run
 
-INTERMEDIATE = {"probe_reward_end": "probe/reward_recent", "probe_reward_auc": "probe/reward_auc",
-                "eval_pass_at_1": "probe/reward_auc"}  # what ASHA compares before the final report
+NAME = "search"  # Tune's experiment under --out/ray
 
 
 def search_space(space: dict[str, Range]) -> dict[str, Any]:
@@ -60,275 +59,98 @@ def _random(cfg: TuneConfig):
 SEARCH_ALGS = {"optuna": _optuna, "random": _random}
 
 
-def rejuvenate_config(cfg: TuneConfig, params: dict, out: Path) -> RejuvenateConfig:
-    """The trial's rejuvenation: the search's fixed fields + the sampled hyperparameters."""
-    return RejuvenateConfig.model_validate(
-        {**cfg.fixed, "base": cfg.base, "sft": cfg.sft, "calibration": cfg.calibration, **params, "out": out,
-         "overwrite": True, "ray": {"enabled": False}, "tracking": {"enabled": False}}
-    )
+def claim_search(cfg: TuneConfig) -> RunDir:
+    """--out holds one search: a new one (missing or empty directory), or the one there with --resume."""
+    out = Path(cfg.out)
+    manifest = out / "search.json"
+    if out.exists() and not out.is_dir():
+        raise RejuvError(f"--out {out} exists and is not a directory; choose another --out")
+    if out.exists() and not cfg.resume and any(out.iterdir()):
+        raise RejuvError(f"--out {out} already holds a search; pass --resume to continue it, or choose a new --out")
+    resumed = cfg.resume and manifest.is_file()
+    state = json.loads(manifest.read_text()) if resumed else {"run_id": None}
+    return RunDir(out, manifest, state, resumed=resumed)
 
 
-def probe_config(cfg: TuneConfig, model: Path, out: Path) -> RLConfig:
-    fixed = {"model": model, "train_data": cfg.train_data, "eval_data": None, "out": out,
-             "steps": cfg.probe.steps, "checkpoint_every": cfg.probe.report_every, "keep_checkpoints": 1,
-             "eval_every": 0, "seed": cfg.seed, "overwrite": True, "tracking": {"enabled": False}}
-    return RLConfig.model_validate(merge_overrides(cfg.probe.rl, fixed))
+def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
+    """Claim --out, start (or join) Ray, open the search's MLflow run, fit the Tuner, write the results."""
+    from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.tracking import tracked_run
+
+    paths = ("base", "sft", "calibration", "train_data", "eval_data", "out", "ood_data")
+    cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in paths if getattr(cfg, k) is not None})
+    search = claim_search(cfg)
+    t0 = time.perf_counter()
+    with ray_session(cfg.ray.address, cfg.cpu_demand()), tracked_run(
+        cfg.tracking, "tune", run_id=search.state["run_id"]
+    ) as run:
+        if search.state["run_id"] is None:
+            run.log_params(cfg.model_dump(mode="json"))
+        search.state["run_id"] = run.run_id
+        search.save()
+        grid = tuner(cfg, run.child(cfg.tracking, "trial"), progress).fit()
+        run.kill_running_children()  # trials ASHA stopped were killed inside their MLflow run
+        board = ranked([TrialRow.of_result(r, list(cfg.space)) for r in grid])
+        return finish(cfg, board, run, time.perf_counter() - t0)
 
 
-def objective_of(cfg: TuneConfig, probe: dict, evals: dict) -> float:
-    if cfg.objective == "probe_reward_end":
-        return probe["probe/reward_recent"]
-    if cfg.objective == "probe_reward_auc":
-        return probe["probe/reward_auc"]
-    ood = evals.get("eval/ood_pass_at_1", 0.0)
-    return (1 - cfg.ood_weight) * evals["eval/id_pass_at_1"] + cfg.ood_weight * ood
-
-
-def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
-    import torch
-
-    from rayrejuv.data.jsonl import read_jsonl
-    from rayrejuv.io.checkpoint import Checkpoint
-    from rayrejuv.models.evaluate import greedy_pass_at_1
-    from rayrejuv.models.loading import load_model, load_tokenizer
-
-    rows = read_jsonl(data, ("prompt", "answer"), "eval data")[:n]
-    ckpt = Checkpoint(model_dir, role="probed")
-    model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
-    return greedy_pass_at_1(model, tok, rows, max_new_tokens, batch_size=32)
-
-
-def _probe_reporter(key: str, started: float):
-    """Forward the probe learner's checkpoint-step reports to Tune, with the objective ASHA ranks by
-    and the trial's run time so far (a trial ASHA stops never makes its final report)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class ProbeReport(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            first = {**metrics[0], "objective": metrics[0][key], "time/trial": time.time() - started}
-            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
-
-    return ProbeReport()
-
-
-def run_trial(params: dict, cfg_json: dict, parent_run_id: str | None, tracking_uri: str | None) -> None:
-    """The Tune function trainable."""
-    from ray import tune
-
-    from rayrejuv.commands.rejuvenate.driver import rejuvenate
-    from rayrejuv.commands.rl.driver import run_rl
-
-    cfg = TuneConfig.model_validate(cfg_json)
-    trial_id = tune.get_context().get_trial_id()
-    trial_dir = Path(cfg.out).absolute() / "trials" / trial_id
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    with open(trial_dir / "attempts.log", "a") as f:  # one line per start: retries and resumes are visible
-        f.write(f"{time.time()}\n")
-    child = _child_run(cfg, parent_run_id, tracking_uri, trial_id, params)
-    started, t0 = time.time(), time.perf_counter()
-    try:
-        rcfg = rejuvenate_config(cfg, params, trial_dir / "rejuvenated")
-        report = rejuvenate(rcfg, progress=False)
-        t_rejuv = time.perf_counter() - t0
-        probe_cfg = probe_config(cfg, rcfg.out, trial_dir / "probe")
-        summary = run_rl(probe_cfg, progress=False, callbacks=[_probe_reporter(INTERMEDIATE[cfg.objective], started)])
-        final_model = Path(summary["final_checkpoint"])
-        evals = {"eval/id_pass_at_1": _greedy_pass_at_1(final_model, cfg.eval_data, cfg.eval_examples,
-                                                         probe_cfg.grpo.max_new_tokens)}
-        if cfg.ood_data is not None:
-            evals["eval/ood_pass_at_1"] = _greedy_pass_at_1(final_model, cfg.ood_data, cfg.eval_examples,
-                                                            probe_cfg.grpo.max_new_tokens)
-        last = summary["last"]
-        result = {
-            "objective": objective_of(cfg, last, evals),
-            **evals,
-            "probe/reward_auc": last["probe/reward_auc"],
-            "probe/reward_recent": last["probe/reward_recent"],
-            "probe/reward_first": summary["first"]["reward/mean"],
-            "reset_count": report["reset_count"],
-            "time/rejuvenate": t_rejuv,
-            "time/trial": time.perf_counter() - t0,
-            "checkpoint": str(rcfg.out),
-        }
-        _log_child(child, result, trial_dir / "probe" / "metrics.jsonl")
-        tune.report(result)
-        atomic_write_text(trial_dir / "result.json", json.dumps(result))
-    except BaseException:
-        _end_child(child, "FAILED")
-        raise
-    _end_child(child, "FINISHED")
-
-
-def _child_run(cfg, parent_run_id, uri, trial_id, params):
-    if parent_run_id is None:
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_run(parent_run_id).info.experiment_id
-    run = client.create_run(exp, run_name=f"trial-{trial_id}", tags={"mlflow.parentRunId": parent_run_id})
-    for k, v in params.items():
-        client.log_param(run.info.run_id, k, v)
-    return client, run.info.run_id
-
-
-def _log_child(child, result: dict, curve: Path) -> None:
-    if child is None:
-        return
-    client, run_id = child
-    for k, v in result.items():
-        if isinstance(v, int | float):
-            client.log_metric(run_id, k.replace("/", "_"), float(v))
-    for line in curve.read_text().splitlines():
-        r = json.loads(line)
-        if "reward/mean" in r:
-            client.log_metric(run_id, "probe_reward", r["reward/mean"], step=r["step"])
-
-
-def _end_child(child, status: str) -> None:
-    if child is not None:
-        child[0].set_terminated(child[1], status=status)
-
-
-def run_tune(cfg: TuneConfig, progress: bool = True) -> dict:
-
+def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool):
+    """A new Tuner, or the interrupted one under --out/ray restored (--resume; finished trials are kept)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from rayrejuv.runs.cluster import ray_session
-    from rayrejuv.runs.tracking import absolute_uri, tracked_run
+    from rayrejuv.commands.tune.trial import run_trial
 
-    cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in
-                                 ("base", "sft", "calibration", "train_data", "eval_data", "out")})
-    if cfg.ood_data is not None:
-        cfg = cfg.model_copy(update={"ood_data": Path(cfg.ood_data).absolute()})
-    out = Path(cfg.out)
-    storage, name = out / "ray", "search"
-    state_file = out / "search.json"
-    if out.exists() and not cfg.resume and any(out.iterdir()):
-        raise RejuvError(f"--out {out} already holds a search; pass --resume to continue it, or choose a new --out")
-    state = json.loads(state_file.read_text()) if (cfg.resume and state_file.exists()) else {"run_id": None}
-    out.mkdir(parents=True, exist_ok=True)
-    probe = probe_config(cfg, cfg.sft, out / "unused")
-    per_trial = cfg.cpus_per_trial + probe.cpu_demand()
-    # one trial's worth of headroom: the learner placement group of a trial that ASHA stopped is
-    # freed by Ray Train's cleaner actor a little later (measured: a next trial can time out on it)
-    demand = per_trial * (cfg.max_concurrent + 1)
-    t0 = time.perf_counter()
-    with ray_session(cfg.ray.address, demand), tracked_run(
-        cfg.tracking, "tune", run_id=state["run_id"]
-    ) as run:
-        if state["run_id"] is None:
-            run.log_params(cfg.model_dump(mode="json"))
-        state["run_id"] = run.run_id
-        atomic_write_text(state_file, json.dumps(state))
-        uri = None
-        if run.run_id is not None:
-            import mlflow
-
-            uri = absolute_uri(mlflow.get_tracking_uri())
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, cfg_json=cfg.model_dump(mode="json"), parent_run_id=run.run_id,
-                                 tracking_uri=uri),
-            {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
-        )
-        reports = cfg.probe.steps // cfg.probe.report_every + 1
-        scheduler = (
-            ASHAScheduler(max_t=reports, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
-            if cfg.asha else FIFOScheduler()
-        )
-        run_config = tune.RunConfig(
-            name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            verbose=1 if progress else 0,
-        )
-        path = str(storage / name)
-        if cfg.resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=search_space(cfg.space),
-                tune_config=tune.TuneConfig(
-                    metric="objective", mode="max", search_alg=SEARCH_ALGS[cfg.search_alg](cfg),
-                    scheduler=scheduler, num_samples=cfg.num_samples,  # the search algs limit concurrency
-                ),
-                run_config=run_config,
-            )
-        grid = tuner.fit()
-        wall = time.perf_counter() - t0
-        board = leaderboard(grid, cfg)
-        best = _finish(cfg, board, run, wall)
-    return best
+    resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, tracking=trials), resources)
+    path = str(Path(cfg.out) / "ray" / NAME)
+    if cfg.resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    reports = cfg.probe.steps // cfg.probe.report_every + 1
+    scheduler = (ASHAScheduler(max_t=reports, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+                 if cfg.asha else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(cfg.space),
+        tune_config=tune.TuneConfig(
+            metric="objective", mode="max", search_alg=SEARCH_ALGS[cfg.search_alg](cfg),
+            scheduler=scheduler, num_samples=cfg.num_samples,  # the search algs limit concurrency
+        ),
+        run_config=tune.RunConfig(
+            name=NAME, storage_path=str(Path(cfg.out) / "ray"),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1 if progress else 0,
+        ),
+    )
 
 
-def leaderboard(grid, cfg: TuneConfig) -> list[dict]:
-    rows = []
-    for r in grid:
-        m = r.metrics or {}
-        done = "checkpoint" in m
-        rows.append({
-            "trial": m.get("trial_id") or Path(r.path).name,
-            **{k: r.config.get(k) for k in cfg.space},
-            "status": "failed" if r.error else ("finished" if done else "stopped early"),
-            "objective": m.get("objective") if done else None,
-            "probe_reward_auc": m.get("probe/reward_auc"),
-            "id_pass_at_1": m.get("eval/id_pass_at_1"),
-            "ood_pass_at_1": m.get("eval/ood_pass_at_1"),
-            "reports": m.get("training_iteration"),
-            "trial_seconds": m.get("time/trial"),
-            "checkpoint": m.get("checkpoint"),
-        })
-    return sorted(rows, key=lambda r: (r["objective"] is None, -(r["objective"] or 0.0)))
-
-
-def _close_stopped_runs(parent_run_id: str | None) -> None:
-    """Trials ASHA stopped were killed mid-run: their nested MLflow runs would stay RUNNING."""
-    if parent_run_id is None:
-        return
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    exp = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    for r in client.search_runs([exp], filter_string=query):
-        client.set_terminated(r.info.run_id, status="KILLED")
-
-
-def _finish(cfg: TuneConfig, board: list[dict], run, wall: float) -> dict:
+def finish(cfg: TuneConfig, board: list[TrialRow], run: Run, wall: float) -> TuneSummary:
+    """leaderboard.md/.json, then (if a trial finished) best.yaml, the plots and summary.json; all logged."""
     from rayrejuv.commands.tune.report import plot_objective_vs_params
 
-    _close_stopped_runs(run.run_id)
     out = Path(cfg.out)
-    finished = [r for r in board if r["objective"] is not None]
+    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(board, list(cfg.space)))
+    atomic_write_text(out / "leaderboard.json", json.dumps([r.to_dict() for r in board], indent=1))
+    finished = [r for r in board if r.objective is not None]
     if not finished:
         raise RejuvError(f"no trial finished (see {out / 'leaderboard.md'}); check the trial errors under {out}/ray")
-    keep = {r["trial"] for r in finished[: cfg.keep_best]}
-    for r in board:  # trial directories (checkpoint + probe) of all but the best K; failed ones kept for their logs
-        if r["trial"] not in keep and r["status"] != "failed":
-            shutil.rmtree(out / "trials" / r["trial"], ignore_errors=True)
+    _keep_best_trials(out, board, {r.trial for r in finished[: cfg.keep_best]})
     best = finished[0]
-    params = {k: best[k] for k in cfg.space}
-    best_cfg = rejuvenate_config(cfg, params, Path(best["checkpoint"]))
+    best_cfg = cfg.rejuvenate_config(best.params, Path(best.checkpoint))
     best_yaml = best_cfg.model_dump(mode="json", exclude={"out", "overwrite", "resume", "ray", "tracking"})
     atomic_write_text(out / "best.yaml", yaml.safe_dump(best_yaml, sort_keys=False))
-    cols = ["trial", *cfg.space, "status", "objective", "probe_reward_auc", "id_pass_at_1", "ood_pass_at_1",
-            "reports", "trial_seconds"]
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in board]
-    atomic_write_text(out / "leaderboard.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "leaderboard.json", json.dumps(board, indent=1))
     plot_objective_vs_params(finished, list(cfg.space), out / "objective_vs_params.png")
-    trial_sum = sum(r["trial_seconds"] or 0.0 for r in board)
-    summary = {"best": best, "best_yaml": str(out / "best.yaml"), "best_checkpoint": best["checkpoint"],
-               "wall_seconds": wall, "trial_seconds_sum": trial_sum, "leaderboard": board}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    summary = TuneSummary(best=best, best_yaml=out / "best.yaml", best_checkpoint=Path(best.checkpoint),
+                          wall_seconds=wall, trial_seconds_sum=sum(r.trial_seconds or 0.0 for r in board),
+                          leaderboard=board)
+    atomic_write_text(out / "summary.json", summary.to_json())
     for f in ("leaderboard.md", "leaderboard.json", "objective_vs_params.png", "best.yaml"):
         run.log_artifact(out / f)
-    run.log_metrics({"best_objective": best["objective"], "wall_seconds": wall})
+    run.log_metrics({"best_objective": best.objective, "wall_seconds": wall})
     return summary
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "-" if v is None else str(v)
+def _keep_best_trials(out: Path, board: list[TrialRow], keep: set[str]) -> None:
+    """Delete the trial directories (checkpoint + probe) of all but `keep`; failed ones stay for their logs."""
+    for r in board:
+        if r.trial not in keep and r.status != "failed":
+            shutil.rmtree(out / "trials" / r.trial, ignore_errors=True)

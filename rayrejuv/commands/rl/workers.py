@@ -1,0 +1,49 @@
+"""The actors a GRPO run's learner drives, started together and handed whole to every Ray Train worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.distributed.metrics_sink import start_sink
+from rayrejuv.distributed.reference import start_reference
+from rayrejuv.distributed.rollout_group import RolloutGroup
+from rayrejuv.runs.tracking import Run
+
+
+@dataclass
+class RLWorkers:
+    rollouts: RolloutGroup  # hf / vLLM actors: generate, complete, sync weights
+    reference: Any | None  # ReferenceWorker actor: the frozen start's log-probs (None when beta = 0)
+    sink: Any  # MetricsSink actor on the driver's node: metrics.jsonl + the MLflow run
+
+    def records(self) -> list[dict]:
+        import ray
+
+        return ray.get(self.sink.records.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        self.rollouts.shutdown()
+        if self.reference is not None:
+            ray.kill(self.reference)
+
+
+@contextmanager
+def start_workers(cfg: RLConfig, metrics: Path, run: Run) -> Iterator[RLWorkers]:
+    """Sink, rollout actors (loaded from cfg.model) and the reference (beta > 0); ended on exit."""
+    sink = start_sink(metrics, run.tracking_uri, run.run_id)
+    rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
+    reference = None
+    if cfg.grpo.beta > 0:
+        reference = start_reference(cfg.model, cfg.rollout, cfg.reference_gpus(), cfg.grpo.micro_batch_size)
+    workers = RLWorkers(rollouts, reference, sink)
+    try:
+        yield workers
+    finally:
+        workers.shutdown()

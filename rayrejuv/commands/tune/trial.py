@@ -1,0 +1,153 @@
+"""One `rayrejuv tune` trial, a Tune function trainable in its own process:
+
+    rejuvenate(base, sft, params)              in the trial process
+    probe = rl(rejuvenated, M steps)           Ray Train learner + rollout actors; ProbeReport -> ASHA
+    evaluate ID (and OOD) greedy pass@1
+    report the objective                       probe reward (end or area) or eval pass@1
+
+The trial is an MLflow run nested under the search's run (`tracked_run` of the search's child
+tracking section).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from rayrejuv.commands.rl.driver import RunLayout
+from rayrejuv.commands.tune.config import TuneConfig
+from rayrejuv.config.runtime import TrackingConfig
+from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.runs.tracking import tracked_run
+
+
+@dataclass(frozen=True)
+class ProbeCurve:
+    """The probe's reward curve summarised for the search (mean reward of each GRPO step)."""
+
+    auc: float  # mean step reward so far: the area under the reward curve per step
+    recent: float  # mean over the last `window` steps
+
+    @classmethod
+    def of(cls, rewards: list[float], window: int) -> ProbeCurve:
+        recent = rewards[-window:]
+        return cls(auc=sum(rewards) / len(rewards), recent=sum(recent) / len(recent))
+
+    @classmethod
+    def read(cls, layout: RunLayout, window: int, through: int) -> ProbeCurve:
+        """From the probe run's metrics.jsonl, steps 1..`through`."""
+        rewards = [r["reward/mean"] for r in layout.records() if "reward/mean" in r and r["step"] <= through]
+        return cls.of(rewards, window)
+
+    def metrics(self) -> dict[str, float]:
+        return {"probe/reward_auc": self.auc, "probe/reward_recent": self.recent}
+
+
+def _eval_pass_at_1(curve: ProbeCurve, evals: dict[str, float], ood_weight: float) -> float:
+    ood = evals["eval/ood_pass_at_1"] if ood_weight > 0 else 0.0  # ood_weight > 0 needs --ood-data
+    return (1 - ood_weight) * evals["eval/id_pass_at_1"] + ood_weight * ood
+
+
+@dataclass(frozen=True)
+class Objective:
+    during: Callable[[ProbeCurve], float]  # what ASHA compares at each probe report
+    final: Callable[[ProbeCurve, dict[str, float], float], float]  # (curve, evals, ood_weight) -> the score
+
+
+OBJECTIVES = {
+    "probe_reward_end": Objective(lambda c: c.recent, lambda c, evals, w: c.recent),
+    "probe_reward_auc": Objective(lambda c: c.auc, lambda c, evals, w: c.auc),
+    "eval_pass_at_1": Objective(lambda c: c.auc, _eval_pass_at_1),
+}
+
+
+class ProbeReport(TuneReportCallback):
+    """Forwards the probe learner's checkpoint-step reports to Tune, with the probe's reward curve
+    so far (read from its metrics.jsonl: the sink wrote every step before rank 0 reported), the
+    objective ASHA ranks by, and the trial's run time so far (a trial ASHA stops never makes its
+    final report)."""
+
+    def __init__(self, probe: RunLayout, window: int, objective: str, started: float):
+        super().__init__()
+        self.probe, self.window, self.objective, self.started = probe, window, objective, started
+
+    def after_report(self, run_context, metrics, checkpoint):
+        curve = ProbeCurve.read(self.probe, self.window, through=metrics[0]["step"])
+        first = {**metrics[0], **curve.metrics(), "objective": OBJECTIVES[self.objective].during(curve),
+                 "time/trial": time.time() - self.started}
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+
+def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig) -> None:
+    """The Tune function trainable. `tracking`: the search run's child section (parent id + URI)."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(cfg.out) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / "attempts.log", "a") as f:  # one line per start: retries and resumes are visible
+        f.write(f"{time.time()}\n")
+    with tracked_run(tracking.model_copy(update={"run_name": f"trial-{trial_id}"}), "trial") as run:
+        run.log_params(params)
+        result, rewards = probe_trial(cfg, params, trial_dir)
+        run.log_metrics({k.replace("/", "_"): v for k, v in result.items() if isinstance(v, int | float)})
+        for step, reward in rewards.items():
+            run.log_metrics({"probe_reward": reward}, step=step)
+        tune.report(result)
+        atomic_write_text(trial_dir / "result.json", json.dumps(result))
+
+
+def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tuple[dict, dict[int, float]]:
+    """Rejuvenate with `params`, probe with GRPO, evaluate: the trial's result and the probe's step rewards."""
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
+    from rayrejuv.commands.rl.driver import run_rl
+
+    started, t0 = time.time(), time.perf_counter()
+    rcfg = cfg.rejuvenate_config(params, trial_dir / "rejuvenated")
+    report = rejuvenate(rcfg, progress=False)
+    t_rejuv = time.perf_counter() - t0
+    probe = cfg.probe.rl_config(rcfg.out, cfg.train_data, trial_dir / "probe", cfg.seed)
+    layout = RunLayout(probe.out)
+    reporter = ProbeReport(layout, cfg.probe.report_every, cfg.objective, started)
+    summary = run_rl(probe, progress=False, callbacks=[reporter])
+    curve = ProbeCurve.read(layout, cfg.probe.report_every, through=probe.steps)
+    evals = evaluate(cfg, summary.final_checkpoint, probe.grpo.max_new_tokens)
+    result = {
+        "objective": OBJECTIVES[cfg.objective].final(curve, evals, cfg.ood_weight),
+        **evals,
+        **curve.metrics(),
+        "probe/reward_first": summary.first["reward/mean"],
+        "reset_count": report["reset_count"],
+        "time/rejuvenate": t_rejuv,
+        "time/trial": time.perf_counter() - t0,
+        "checkpoint": str(rcfg.out),
+    }
+    return result, {r["step"]: r["reward/mean"] for r in layout.records() if "reward/mean" in r}
+
+
+def evaluate(cfg: TuneConfig, model: Path, max_new_tokens: int) -> dict[str, float]:
+    """Greedy pass@1 of the probed model on the ID (and OOD) eval sets."""
+    sets = {"eval/id_pass_at_1": cfg.eval_data}
+    if cfg.ood_data is not None:
+        sets["eval/ood_pass_at_1"] = cfg.ood_data
+    return {key: _greedy_pass_at_1(model, data, cfg.eval_examples, max_new_tokens) for key, data in sets.items()}
+
+
+def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
+    import torch
+
+    from rayrejuv.data.jsonl import read_jsonl
+    from rayrejuv.io.checkpoint import Checkpoint
+    from rayrejuv.models.evaluate import greedy_pass_at_1
+    from rayrejuv.models.loading import load_model, load_tokenizer
+
+    rows = read_jsonl(data, ("prompt", "answer"), "eval data")[:n]
+    ckpt = Checkpoint(model_dir, role="probed")
+    model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
+    return greedy_pass_at_1(model, tok, rows, max_new_tokens, batch_size=32)
