@@ -138,29 +138,35 @@ def _imported(importtime_stderr: str) -> set[str]:
 
 
 def test_cli_default_runs_in_process_and_ray_enabled_forces_ray(make_pair, tmp_path):
-    """The default command with no cluster named runs in this process without importing Ray, MLflow
-    (--no-track), transformers or matplotlib; `ray.enabled: true` in the YAML starts a local Ray
-    instance for the run, with the same bytes."""
+    """The default command with no cluster named runs in this process and imports neither Ray,
+    MLflow (its run is logged by a side process), transformers nor matplotlib; `ray.enabled: true`
+    in the YAML starts a local Ray instance for the run, with the same bytes."""
     import os
 
+    import mlflow
     import yaml
 
     base, sft = make_pair("llama")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     cmd = [sys.executable, "-X", "importtime", "-m", "rayrejuv", "rejuvenate", "--base", str(base), "--sft", str(sft),
-           "--fusion-only", "--max-shard-gb", str(SHARD_GB), "--no-track", "--quiet"]  # fmt: skip
+           "--fusion-only", "--max-shard-gb", str(SHARD_GB), "--quiet"]  # fmt: skip
     default = subprocess.run(cmd + ["--out", str(tmp_path / "default")], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=600)  # fmt: skip
     assert default.returncode == 0, default.stderr[-3000:]
     rep = json.loads((tmp_path / "default" / "rejuvenation_report.json").read_text())
     assert rep["config"]["ray"]["enabled"] is None
     assert rep["execution"] == {"mode": "in-process", "workers": 1} and "ray_start" not in rep["timings_s"]
+    # only the driver reports its imports: the side process is started without -X importtime
     assert not {"ray", "mlflow", "transformers", "matplotlib"} & _imported(default.stderr)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["rayrejuv"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["fusion_only"] == "True"
+    assert run.data.metrics["reset_count"] == 0 and "time.write" in run.data.metrics
 
     yaml_cfg = tmp_path / "ray.yaml"
     yaml_cfg.write_text(yaml.safe_dump({"ray": {"enabled": True, "workers": 1}}))
-    forced = subprocess.run(cmd + ["--out", str(tmp_path / "forced"), "--config", str(yaml_cfg)], capture_output=True,
-                            text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    forced = subprocess.run(cmd + ["--out", str(tmp_path / "forced"), "--config", str(yaml_cfg), "--no-track"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
     assert forced.returncode == 0, forced.stderr[-3000:]
     rep = json.loads((tmp_path / "forced" / "rejuvenation_report.json").read_text())
     assert rep["execution"]["mode"] == "ray" and rep["execution"]["workers"] == 1 and "ray_start" in rep["timings_s"]

@@ -159,3 +159,42 @@ def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monk
     with pytest.raises(RuntimeError, match="bytes, expected"):
         rejuvenate(rejuv_config(base, sft, tmp_path / "out", fusion_only=True), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_mlflow_run_is_logged_beside_the_work_nested_and_failed_runs_recorded(make_pair, tmp_path):
+    """The side process (commands/rejuvenate/tracking.py) nests the run under a parent given by id
+    from another process, logs params, metrics and the report, and records a failed run FAILED."""
+    import mlflow
+
+    from rayrejuv.config.runtime import TrackingConfig
+    from rayrejuv.errors import RejuvError
+    from rayrejuv.runs.tracking import tracked_run
+
+    base, sft = make_pair("llama")
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="side")
+    (tmp_path / "taken").mkdir()
+    with tracked_run(tracking, "parent") as parent:
+        ok = rejuv_config(base, sft, tmp_path / "out", fusion_only=True, tracking=parent.child(tracking, "ok"))
+        report = rejuvenate(ok, progress=False)
+        failed = rejuv_config(base, sft, tmp_path / "taken", fusion_only=True, tracking=parent.child(tracking, "bad"))
+        with pytest.raises(RejuvError, match="already exists"):
+            rejuvenate(failed, progress=False)
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["side"], output_format="list")}
+    assert set(runs) == {"parent", "ok", "bad"}
+    assert runs["ok"].info.status == "FINISHED" and runs["bad"].info.status == "FAILED"
+    assert {runs[n].data.tags["mlflow.parentRunId"] for n in ("ok", "bad")} == {runs["parent"].info.run_id}
+    assert runs["ok"].data.params["alpha"] == "0.5" and runs["bad"].data.params["out"] == str(tmp_path / "taken")
+    assert runs["ok"].data.metrics["reset_count"] == report["reset_count"] == 0
+    assert runs["ok"].data.metrics["time.write"] == pytest.approx(report["timings_s"]["write"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["ok"].info.run_id)}
+    assert artifacts == {"rejuvenation_report.json"}
+
+
+def test_a_tracking_store_that_fails_is_an_error_after_the_checkpoint_is_written(make_pair, tmp_path):
+    from rayrejuv.errors import RejuvError
+
+    base, sft = make_pair("llama")
+    cfg = rejuv_config(base, sft, tmp_path / "out", fusion_only=True, tracking={"uri": "bogus-scheme://nowhere"})
+    with pytest.raises(RejuvError, match=r"the checkpoint is written, but logging the run to MLflow failed \(exit 1"):
+        rejuvenate(cfg, progress=False)
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -10,6 +10,13 @@ from rayrejuv.errors import RejuvError
 from rayrejuv.runs.resources import local_cpus
 
 AUTH_ENV = "RAY_AUTH_MODE"
+# A local instance lives for one run: no worker prestart (Ray would start a worker process per
+# logical CPU at the first driver; the run's actors start their own) and no metrics collection
+# (no dashboard to show them). Measured on 2 cores, ray.init + 2 actors + shutdown, median of 4:
+# 14.95 s -> 13.87 s. (include_dashboard=False already; the log monitor, dashboard agent and
+# runtime-env agent cannot be turned off through ray.init.)
+LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                       "enable_metrics_collection": False}  # fmt: skip
 
 
 def _flip_auth_mode() -> str:
@@ -47,7 +54,9 @@ def ray_session(address: str | None, cpu_demand: float = 0.0) -> Iterator[dict]:
         if address:
             _join(ray, address, kwargs)
         else:
-            ray.init(num_cpus=local_cpus(cpu_demand), include_dashboard=False, **kwargs)
+            # address="local": a new instance even where a `ray start` cluster runs on this machine
+            ray.init(address="local", num_cpus=local_cpus(cpu_demand), include_dashboard=False,
+                     _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)  # fmt: skip
     try:
         yield ray.cluster_resources()
     finally:

@@ -4,23 +4,19 @@
       in process:  find the reset set (steps 1-4), then write every shard (Eq. 1 + Eq. 5)
       on Ray:      LayerShard actors write fused shards WHILE the attribution actor finds the
                    reset set; then each actor patches its shards' reset neurons (Eq. 5)
-    -> index, config, tokenizer, report, checksums -> rename into place -> log the MLflow run.
+    -> index, config, tokenizer, report, checksums -> rename into place.
+The MLflow run is logged beside the work, by a side process (tracking.py).
 Both paths give the same bytes. Shards that completed are marked, so --resume reuses them.
 Which path runs: `execution_mode` (in process unless more processes can gain).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
 import json
 import os
 import sys
-import threading
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,8 +24,9 @@ from tqdm.auto import tqdm
 
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.rejuvenate.report import REPORT, RESET_MAP, plot_reset_map, write_report
+from rayrejuv.commands.rejuvenate.tracking import SideRun
 from rayrejuv.config.rejuvenation import FusionParams
-from rayrejuv.config.runtime import RayConfig, TrackingConfig
+from rayrejuv.config.runtime import RayConfig
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
@@ -50,7 +47,6 @@ from rayrejuv.rejuvenation.job import RejuvenationJob
 from rayrejuv.rejuvenation.reset_search import AttributionStats, calibration_batches, find_reset_set, neuron_index
 from rayrejuv.rejuvenation.writer import output_entries
 from rayrejuv.runs.cluster import cluster_address
-from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.timing import PhaseTimer
 
 
@@ -65,14 +61,15 @@ class Outcome:
 
 
 def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
-    """Write the rejuvenated checkpoint to cfg.out and return its report. The MLflow run is logged
-    once the work is over: mlflow's import (seconds) is paid only when tracking is on."""
+    """Write the rejuvenated checkpoint to cfg.out and return its report. The MLflow run is
+    logged by a side process while the work runs (tracking.py): this process never imports mlflow."""
+    run = SideRun.start(cfg.tracking, f"rejuvenate:{Path(cfg.sft).name}", cfg.model_dump(mode="json"))
     try:
         report = write_checkpoint(cfg, progress)
     except Exception:
-        log_failed_run(cfg)
+        run.fail()
         raise
-    log_run(cfg, report)
+    run.finish(summary_metrics(report), artifacts(Path(cfg.out), report))
     return report
 
 
@@ -148,7 +145,6 @@ def rejuvenate_in_process(cfg, job: RejuvenationJob, base, sft, timer: PhaseTime
     worker, digest = ShardWorker(job), reset.digest()
     results: list[ShardResult] = []
     with (
-        imported_aside(tracking_modules(cfg.tracking)),
         timer.phase("write"),
         tqdm(total=job.nbytes, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar,
     ):
@@ -303,64 +299,11 @@ def build_report(cfg, sft: Checkpoint, outcome: Outcome, timer: PhaseTimer, plan
     }
 
 
-# --------------------------------------------------------------------------- MLflow, at the end
+# --------------------------------------------------------------------------- MLflow
 
 
-def tracking_modules(tc: TrackingConfig) -> tuple[str, ...]:
-    """What logging the run will import: mlflow (~2 s) and, for a database store such as the
-    default sqlite:///mlflow.db, its SQLAlchemy store (~1.5 s more); nothing with tracking off."""
-    if not tc.enabled:
-        return ()
-    uri = tc.uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    remote = uri.startswith(("http://", "https://", "databricks"))
-    return ("mlflow",) if remote else ("mlflow", "mlflow.store.tracking.sqlalchemy_store")
-
-
-@contextlib.contextmanager
-def imported_aside(modules: tuple[str, ...]) -> Iterator[None]:
-    """Import `modules` on a side thread while the block runs; joined at exit. Meant for the
-    write, which imports nothing and spends its time in file IO, sha256 and torch kernels (all
-    release the GIL). A failed import is left for the real one to report."""
-    thread = threading.Thread(target=_import_quietly, args=(modules,), name="rejuv-import", daemon=True)
-    if modules:
-        thread.start()
-    try:
-        yield
-    finally:
-        if modules:
-            thread.join()
-
-
-def _import_quietly(modules: tuple[str, ...]) -> None:
-    for name in modules:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-
-
-class _RunFailed(Exception):
-    """Raised inside the MLflow run to end it FAILED, as the work's own error would have."""
-
-
-def log_run(cfg: RejuvenateConfig, report: dict | None) -> None:
-    """The MLflow run: the resolved config as params, then the report's metrics and artifacts;
-    report None (the work failed) records the params and ends the run FAILED."""
-    out = Path(cfg.out)
-    with contextlib.suppress(_RunFailed), tracked_run(cfg.tracking, run_name=f"rejuvenate:{Path(cfg.sft).name}") as run:
-        run.log_params(cfg.model_dump(mode="json"))
-        if report is None:
-            raise _RunFailed
-        run.log_metrics(summary_metrics(report))
-        run.log_artifact(out / REPORT)
-        if report["reset_count"]:
-            run.log_artifact(out / RESET_MAP)
-
-
-def log_failed_run(cfg: RejuvenateConfig) -> None:
-    """Record a failed run; the work's error, not a tracking one, is what the user sees."""
-    try:
-        log_run(cfg, None)
-    except Exception as e:  # noqa: BLE001 - the caller re-raises the work's error
-        warnings.warn(f"the failed run could not be logged to MLflow: {e}", stacklevel=2)
+def artifacts(out: Path, report: dict) -> list[Path]:
+    return [out / REPORT, *([out / RESET_MAP] if report["reset_count"] else [])]
 
 
 def summary_metrics(report: dict) -> dict[str, float]:

@@ -38,7 +38,6 @@ def plot_reset_map(reset: ResetSet, num_layers: int, kinds: list[str], path: Pat
     plt.close(fig)
 
 
-
 def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
     c = Console(width=max(Console().width, 120))
     cfg = report["config"]
