@@ -75,6 +75,7 @@ def test_rollout_logprobs_equal_learner_after_every_sync(clean_run):
     assert all(r["policy/update_norm"] > 0 for r in steps)
 
 
+@pytest.mark.slow  # 182 s wall on 2 shared cores (30 more RL steps, three Ray starts)
 def test_resume_and_rollout_crash_reproduce_the_clean_run(adder, clean_run, tmp_path, monkeypatch):
     from rayrejuv.commands.rl.driver import run_rl
     from rayrejuv.errors import RejuvError

@@ -49,6 +49,7 @@ def tune_config(pair, out, **kw):
     return TuneConfig.model_validate({**merge_overrides(values, kw), "space": space})
 
 
+@pytest.mark.slow  # 192 s wall / 273 CPU-s on 2 shared cores; the parts run by default in test_tune_parts.py
 def test_search_logs_nested_runs_and_best_config_reproduces_its_checkpoint(pair, tmp_path, monkeypatch):
     import mlflow
 
@@ -92,6 +93,7 @@ def test_asha_stops_a_designed_bad_trial(pair, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # waits up to 900 s for two trials, then up to 900 s for the resumed search
 def test_killed_search_resumes_without_rerunning_finished_trials(pair, tmp_path):
     out = tmp_path / "s"
     yaml_cfg = tmp_path / "t.yaml"
