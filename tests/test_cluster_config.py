@@ -72,9 +72,8 @@ def test_job_config_validates_as_is(path):
         run = rl_config(cfg, WorldLayout(Path("/w")), Path("/w/m"), 0, Path("/w/rl"), TrackingConfig(run_name="rl"))
         assert (run.rollout.backend == "vllm" and run.learner.use_gpu) == (path.stem == "gpu")
     if command == "tune":
-        from rayrejuv.commands.tune.driver import probe_config
-
-        probe = probe_config(cfg, Path("/x/rejuvenated"), Path("/x/probe"))  # the probe's RLConfig validates
+        # the probe's RLConfig validates
+        probe = cfg.probe.rl_config(Path("/x/rejuvenated"), cfg.train_data, Path("/x/probe"), cfg.seed)
         assert (probe.rollout.backend == "vllm" and probe.learner.use_gpu) == (path.stem == "gpu")
 
 
