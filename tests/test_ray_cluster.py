@@ -41,7 +41,9 @@ def test_spread_uses_both_nodes_and_output_is_identical(two_nodes, make_pair, ca
         assert filecmp.cmp(tmp_path / "ref" / f, tmp_path / "out" / f, shallow=False), f
 
 
-@pytest.mark.parametrize("head_auth", ["disabled", None])
+# None (the default setup: `ray start` turns token auth on, the joining run flips its mode) runs by default;
+# "disabled" (50 s on 2 busy cores) with -m slow
+@pytest.mark.parametrize("head_auth", [pytest.param("disabled", marks=pytest.mark.slow), None])
 def test_joining_a_ray_start_cluster_raises_no_authentication_error(make_pair, tmp_path, head_auth):
     """A user's default setup: ~/.ray/auth_token exists (a local ray.init made it) and a cluster
     was started with `ray start`, which then enables token auth (or has it disabled explicitly).

@@ -31,7 +31,13 @@ def _same_checkpoint(a, b) -> None:
         assert filecmp.cmp(a / f, b / f, shallow=False), f
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# by default llama (1, 2 and 3 workers) and qwen3 (tied embeddings); mistral and qwen2 add ~65 s on 2 busy cores
+DEFAULT_RAY_FAMILIES = ("llama", "qwen3")
+
+
+@pytest.mark.parametrize(
+    "family", [f if f in DEFAULT_RAY_FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+)
 def test_ray_path_is_bit_identical_to_in_process(ray_local, make_pair, calibration, tmp_path, family):
     base, sft = make_pair(family, tie_base=family == "qwen3", tie_sft=family == "qwen3")
     common = dict(calibration=calibration, reset_ratio=0.05, max_shard_gb=SHARD_GB)
