@@ -118,14 +118,14 @@ def test_a_stale_partial_run_is_discarded_without_resume(make_pair, tmp_path):
 def test_execution_mode_rule(monkeypatch):
     """Unset ray.enabled: in process unless a cluster is named, Ray is already connected, or
     workers > 1 is asked for; ray.enabled true / false (--ray / --no-ray) always wins."""
-    from rayrejuv.commands.rejuvenate import driver
+    from rayrejuv.commands.rejuvenate import algorithm
     from rayrejuv.config.runtime import RayConfig
 
     def mode(**kw) -> str:
-        return driver.execution_mode(RayConfig(**kw))
+        return algorithm.execution_mode(RayConfig(**kw))
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(driver, "_ray_connected", lambda: False)
+    monkeypatch.setattr(algorithm, "_ray_connected", lambda: False)
     assert RayConfig().enabled is None
     assert mode() == "in-process" and mode(workers=1) == "in-process"
     assert mode(workers=2) == "ray" and mode(address="ray://h:10001") == "ray"
@@ -134,7 +134,7 @@ def test_execution_mode_rule(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert mode() == "ray" and mode(enabled=False) == "in-process"
     monkeypatch.delenv("RAY_ADDRESS")
-    monkeypatch.setattr(driver, "_ray_connected", lambda: True)
+    monkeypatch.setattr(algorithm, "_ray_connected", lambda: True)
     assert mode() == "ray" and mode(enabled=False) == "in-process"
 
 
@@ -182,13 +182,13 @@ def test_cli_default_runs_in_process_and_ray_enabled_forces_ray(make_pair, tmp_p
 @pytest.mark.parametrize("enabled", [True, False])
 def test_a_malformed_calibration_file_is_refused_before_any_work(make_pair, tmp_path, monkeypatch, enabled):
     """On Ray the attribution actor reads the calibration file; the driver refuses a bad one first."""
-    from rayrejuv.commands.rejuvenate import driver
+    from rayrejuv.commands.rejuvenate import algorithm
     from rayrejuv.errors import RejuvError
 
     def no_work(*args):
         raise AssertionError("the work started")
 
-    monkeypatch.setitem(driver.EXECUTION_MODES, "ray" if enabled else "in-process", no_work)
+    monkeypatch.setitem(algorithm.EXECUTION_MODES, "ray" if enabled else "in-process", no_work)
     base, sft = make_pair("llama")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q:1+1?A:", "response": "2"}\n{"prompt": "Q:2+2?A:"}\n')

@@ -144,7 +144,7 @@ def test_fused_attribution_model_runs_and_differs(make_pair, tmp_path, calibrati
 
 
 def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monkeypatch):
-    from rayrejuv.commands.rejuvenate import driver as pipeline
+    from rayrejuv.commands.rejuvenate import algorithm as pipeline
     from rayrejuv.io import writer
 
     base, sft = make_pair("llama")

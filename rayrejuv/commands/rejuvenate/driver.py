@@ -1,70 +1,27 @@
-"""Rejuvenation (paper Algorithm 1): base-anchored fusion + targeted neuron reset.
+"""`rayrejuv rejuvenate`: the rejuvenated checkpoint (algorithm.py), its MLflow run beside it.
 
-    check the inputs (the pair, the calibration file) -> plan output shards ->
-      in process:  find the reset set (steps 1-4), then write every shard (Eq. 1 + Eq. 5)
-      on Ray:      LayerShard actors write fused shards WHILE the attribution actor finds the
-                   reset set; then each actor patches its shards' reset neurons (Eq. 5)
-    -> index, config, tokenizer, report, checksums -> rename into place.
-The MLflow run is logged beside the work, by a side process (tracking.py).
-Both paths give the same bytes. Shards that completed are marked, so --resume reuses them.
-Which path runs: `execution_mode` (in process unless more processes can gain).
+The side process that logs the run (tracking.py) starts first, before this process imports
+torch and the engine: on two cores mlflow's import there (~4 s of CPU) and torch's here (~2 s)
+run at the same time. Measured on the 2-core machine, 0.29B pair, median of 5 (busy): tracking's
+cost over --no-track 17.2 s with the side process started after the engine's import, 10.2 s
+started before it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
-from rayrejuv.commands.rejuvenate.report import REPORT, RESET_MAP, plot_reset_map, write_report
 from rayrejuv.commands.rejuvenate.tracking import SideRun
-from rayrejuv.config.rejuvenation import FusionParams
-from rayrejuv.config.runtime import RayConfig
-from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
-from rayrejuv.errors import RejuvError
-from rayrejuv.io.checkpoint import Checkpoint
-from rayrejuv.io.pair import check_pair
-from rayrejuv.io.writer import (
-    MANIFEST,
-    AtomicDir,
-    ShardPlan,
-    copy_side_files,
-    plan_shards,
-    remove_markers,
-    verify_shards,
-    write_index,
-    write_manifest,
-)
-from rayrejuv.method.neurons import ResetSet
-from rayrejuv.rejuvenation.job import RejuvenationJob
-from rayrejuv.rejuvenation.reset_search import AttributionStats, calibration_batches, find_reset_set, neuron_index
-from rayrejuv.rejuvenation.writer import output_entries
-from rayrejuv.runs.cluster import cluster_address
-from rayrejuv.timing import PhaseTimer
-
-
-@dataclass
-class Outcome:
-    """What an execution path returns."""
-
-    reset: ResetSet  # the reset set it applied (empty for --fusion-only)
-    stats: AttributionStats | None  # what the attribution saw; None for --fusion-only
-    results: list[ShardResult]  # the final shards, in plan order
-    execution: dict  # the report's `execution`: mode, workers (on Ray also nodes, per-worker seconds)
 
 
 def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
-    """Write the rejuvenated checkpoint to cfg.out and return its report. The MLflow run is
-    logged by a side process while the work runs (tracking.py): this process never imports mlflow."""
+    """Write the rejuvenated checkpoint to cfg.out and return its report; the MLflow run is
+    logged by a side process while the work runs: this process never imports mlflow."""
     run = SideRun.start(cfg.tracking, f"rejuvenate:{Path(cfg.sft).name}", cfg.model_dump(mode="json"))
     try:
+        from rayrejuv.commands.rejuvenate.algorithm import write_checkpoint  # torch and the engine
+
         report = write_checkpoint(cfg, progress)
     except Exception:
         run.fail()
@@ -73,236 +30,9 @@ def rejuvenate(cfg: RejuvenateConfig, progress: bool = True) -> dict:
     return report
 
 
-def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
-    timer = PhaseTimer()
-    with (
-        Checkpoint(cfg.base, role="base", allow_pickle=cfg.allow_pickle) as base,
-        Checkpoint(cfg.sft, role="SFT", allow_pickle=cfg.allow_pickle) as sft,
-    ):
-        with timer.phase("validate"):
-            names = check_pair(base, sft)
-            check_calibration(cfg, sft)
-            out = AtomicDir(cfg.out, overwrite=cfg.overwrite, resumable=True, resume=cfg.resume)
-            plans = plan_shards(output_entries(names, sft, cfg.dtype), int(cfg.max_shard_gb * 1e9))
-        with out:
-            out.require_free_bytes(sum(p.nbytes for p in plans))
-            job = RejuvenationJob(
-                cfg.base, cfg.sft, cfg.allow_pickle, fusion_params(cfg), out.tmp, tuple(plans),
-                fingerprint(cfg, plans, base, sft),
-            )  # fmt: skip
-            outcome = EXECUTION_MODES[execution_mode(cfg.ray)](cfg, job, base, sft, timer, progress)
-            with timer.phase("finalize"):
-                finalize(job, sft, names, outcome, cfg.dtype)
-            report = build_report(cfg, sft, outcome, timer, plans)
-            write_report(out.tmp / REPORT, report)
-            if outcome.reset.size:
-                kinds = [k.name for k in sft.spec.neuron_kinds]
-                plot_reset_map(outcome.reset, sft.geometry.num_layers, kinds, out.tmp / RESET_MAP)
-            out.commit()
-    return report
-
-
-def check_calibration(cfg: RejuvenateConfig, sft: Checkpoint) -> None:
-    """Refuse a bad calibration file before any work, on either path (on Ray the attribution actor
-    reads it, which would otherwise be after the fusion ran)."""
-    if not cfg.fusion_only:
-        calibration_batches(cfg, sft)
-
-
-def fusion_params(cfg: RejuvenateConfig) -> FusionParams:
-    return FusionParams(**cfg.model_dump(include=set(FusionParams.model_fields)))
-
-
-def no_reset(sft: Checkpoint) -> tuple[ResetSet, None]:
-    """--fusion-only: an empty reset set over the checkpoint's neurons, no attribution."""
-    return ResetSet.empty(neuron_index(sft).total), None
-
-
-# --------------------------------------------------------------------------- where it runs
-
-
-def execution_mode(rc: RayConfig) -> str:
-    """'ray' or 'in-process'. `ray.enabled` decides when set (--ray / --no-ray). Unset, a run goes
-    on Ray only where more processes can gain: a cluster is named (--ray-address, $RAY_ADDRESS),
-    this process is already connected to Ray (a Ray job, the demo), or more than one LayerShard
-    worker is asked for (--workers N > 1). On one machine fusion is IO/memory-bound and the
-    in-process writer already overlaps reading, computing and writing, so starting Ray (seconds)
-    buys nothing; the attribution's overlap with fusion is worth it only for large checkpoints
-    (pass --ray)."""
-    if rc.enabled is not None:
-        return "ray" if rc.enabled else "in-process"
-    asked = rc.workers is not None and rc.workers > 1
-    return "ray" if cluster_address(rc.address) is not None or _ray_connected() or asked else "in-process"
-
-
-def _ray_connected() -> bool:
-    ray = sys.modules.get("ray")  # not imported means not connected (and importing it costs ~1 s)
-    return ray is not None and ray.is_initialized()
-
-
-def rejuvenate_in_process(cfg, job: RejuvenationJob, base, sft, timer: PhaseTimer, progress: bool) -> Outcome:
-    reset, stats = no_reset(sft) if cfg.fusion_only else find_reset_set(cfg, base, sft, timer, progress)
-    worker, digest = ShardWorker(job), reset.digest()
-    results: list[ShardResult] = []
-    with (
-        timer.phase("write"),
-        tqdm(total=job.nbytes, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar,
-    ):
-        for plan in job.plans:
-            results.append(worker.write(plan, reset, digest))
-            bar.update(plan.nbytes)
-    return Outcome(reset, stats, results, {"mode": "in-process", "workers": 1})
-
-
-def rejuvenate_on_ray(cfg, job: RejuvenationJob, base, sft, timer: PhaseTimer, progress: bool) -> Outcome:
-    from rayrejuv.distributed.group import LayerShardGroup, per_worker_seconds
-    from rayrejuv.runs.cluster import ray_session
-
-    rc = cfg.ray
-    attribution_cpus = 0.0 if cfg.fusion_only else rc.attribution_cpus
-    # A local instance gets enough logical CPUs for every actor (one per core by default, plus
-    # the attribution actor): Ray would otherwise leave the attribution actor pending forever.
-    local_workers = rc.workers if rc.workers is not None else os.cpu_count()
-    t0 = time.perf_counter()
-    with ray_session(rc.address, local_workers * rc.cpus_per_worker + attribution_cpus) as resources:
-        timer.seconds["ray_start"] = time.perf_counter() - t0
-        workers = shard_workers(rc, resources, attribution_cpus, len(job.plans))
-        with timer.phase("actors_start"):
-            group = LayerShardGroup(job, workers, rc)
-        try:
-            nodes = group.nodes()
-            on_ray = fuse_on_ray if cfg.fusion_only else fuse_and_reset_on_ray
-            reset, stats, results, timed = on_ray(group, cfg, job, sft, timer, progress)
-        finally:
-            group.shutdown()
-    return Outcome(
-        reset, stats, results,
-        {"mode": "ray", "workers": workers, "nodes": sorted(set(nodes)), "per_worker": per_worker_seconds(timed)},
-    )  # fmt: skip
-
-
-def shard_workers(rc: RayConfig, resources: dict[str, float], attribution_cpus: float, num_shards: int) -> int:
-    """LayerShard actors: ray.workers, else one per GPU, else one per CPU the attribution actor
-    leaves; never more than there are shards. Refuses a cluster too small for them."""
-    cpus, gpus = _amount(resources, "CPU"), _amount(resources, "GPU")
-    default = int(gpus) or max(1, int((cpus - attribution_cpus) // rc.cpus_per_worker))
-    workers = min(rc.workers if rc.workers is not None else default, num_shards)
-    needed = workers * rc.cpus_per_worker + attribution_cpus
-    if needed > cpus:
-        raise RejuvError(
-            f"the Ray cluster has {cpus:g} CPUs but {workers} workers x {rc.cpus_per_worker:g} "
-            f"+ attribution {attribution_cpus:g} need {needed:g}; lower --workers or ray.cpus_per_worker"
-        )
-    return workers
-
-
-def _amount(resources: dict[str, float], name: str) -> float:
-    return float(resources.get(name, 0.0))  # Ray leaves out a resource the cluster has none of
-
-
-def fuse_on_ray(group, cfg, job: RejuvenationJob, sft, timer: PhaseTimer, progress: bool):
-    """--fusion-only on Ray: each actor writes its final shards. (reset, stats, final, timed results)"""
-    reset, stats = no_reset(sft)
-    with timer.phase("write"):
-        results = group.map("write", list(job.plans), [(reset, reset.digest())] * len(job.plans), "fuse", progress)
-    return reset, stats, results, results
-
-
-def fuse_and_reset_on_ray(group, cfg, job: RejuvenationJob, sft, timer: PhaseTimer, progress: bool):
-    """The attribution actor finds the reset set while the LayerShard actors write fused shards;
-    then each actor patches its shards' reset neurons. (reset, stats, final, timed results)"""
-    import ray
-
-    from rayrejuv.distributed.attribution import AttributionWorker
-
-    rc, plans = cfg.ray, list(job.plans)
-    gpus = rc.attribution_gpus if rc.attribution_gpus is not None else float(cfg.device.startswith("cuda"))
-    attributor = ray.remote(AttributionWorker).options(num_cpus=rc.attribution_cpus, num_gpus=gpus).remote()
-    attribution = attributor.run.remote(cfg, job, progress)  # runs while the workers fuse
-    with timer.phase("write"):
-        fused = group.map("write", plans, [(None, "")] * len(plans), "fuse", progress)
-    with timer.phase("attribution_wait"):
-        reset, stats, attribution_timings = ray.get(attribution)
-    timer.seconds.update({f"attribution_actor.{k}": v for k, v in attribution_timings.items()})
-    with timer.phase("reset"):
-        digest = reset.digest()
-        results = group.map("patch", plans, [(f, reset, digest) for f in fused], "reset", progress)
-    return reset, stats, results, fused + results
-
-
-EXECUTION_MODES = {"in-process": rejuvenate_in_process, "ray": rejuvenate_on_ray}
-
-
-# --------------------------------------------------------------------------- the output around the shards
-
-
-def finalize(job: RejuvenationJob, sft: Checkpoint, names: list[str], outcome: Outcome, dtype: str) -> None:
-    """Everything but the shards: verified shards, index, config, side files, checksums."""
-    plans = list(job.plans)
-    verify_shards(job.directory, plans)
-    remove_markers(job.directory)
-    write_index(job.directory, plans)
-    copy_side_files(sft.path, job.directory, skip={"config.json", REPORT, RESET_MAP, MANIFEST})
-    tied = sft.spec.lm_head not in names
-    write_output_config(sft.path / "config.json", job.directory / "config.json", tied, dtype)
-    write_manifest(job.directory, {k: v for r in outcome.results for k, v in r.checksums.items()})
-
-
-def fingerprint(cfg: RejuvenateConfig, plans: list[ShardPlan], base: Checkpoint, sft: Checkpoint) -> str:
-    """What a shard's bytes depend on: inputs, the output plan and the hyperparameters."""
-    inputs = [
-        (str(p), p.stat().st_size, p.stat().st_mtime_ns)
-        for c in (base, sft)
-        for p in sorted(c.path.iterdir())
-        if p.suffix in (".safetensors", ".bin")
-    ]
-    body = {
-        "inputs": inputs,
-        "alpha": cfg.alpha,
-        "omega": cfg.omega,
-        "dtype": cfg.dtype,
-        "plans": [(p.file, [(n, str(m.dtype), m.shape) for n, m in p.entries]) for p in plans],
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_output_config(src: Path, dst: Path, tied: bool, dtype: str) -> None:
-    """The SFT config, with the output's tying (an untied result must not say tied) and dtype."""
-    config = json.loads(src.read_text())
-    config["tie_word_embeddings"] = tied
-    if dtype != "auto":
-        config["dtype"] = dtype
-        config.pop("torch_dtype", None)
-    dst.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def build_report(cfg, sft: Checkpoint, outcome: Outcome, timer: PhaseTimer, plans: list[ShardPlan]) -> dict:
-    reset = outcome.reset
-    return {
-        "config": cfg.model_dump(mode="json"),
-        "architecture": sft.geometry.architecture,
-        "num_layers": sft.geometry.num_layers,
-        "num_neurons": reset.num_neurons,
-        "reset_count": reset.size,
-        "reset_fraction": reset.size / max(reset.num_neurons, 1),
-        "reset_by_kind": reset.count_by_kind(),
-        "reset_by_layer": {str(k): v for k, v in reset.count_by_layer().items()},
-        "attribution": asdict(outcome.stats) if outcome.stats is not None else None,
-        "output": {
-            "files": [p.file for p in plans],
-            "bytes": sum(p.nbytes for p in plans),
-            "reused_shards": sum(r.reused for r in outcome.results),
-        },
-        "execution": outcome.execution,
-        "timings_s": dict(timer.seconds),
-        "neurons": reset.records(),
-    }
-
-
-# --------------------------------------------------------------------------- MLflow
-
-
 def artifacts(out: Path, report: dict) -> list[Path]:
+    from rayrejuv.commands.rejuvenate.report import REPORT, RESET_MAP
+
     return [out / REPORT, *([out / RESET_MAP] if report["reset_count"] else [])]
 
 

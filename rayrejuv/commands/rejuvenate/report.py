@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from rayrejuv.figures import pyplot
-from rayrejuv.method.neurons import ResetSet
+
+if TYPE_CHECKING:  # torch: the CLI imports this module before the driver starts the MLflow side process
+    from rayrejuv.method.neurons import ResetSet
 
 REPORT = "rejuvenation_report.json"
 RESET_MAP = "reset_map.png"
