@@ -117,14 +117,16 @@ def measure(
     env: dict[str, str],
     log_path: Path,
     poll_interval_s: float,
+    cwd: Path | None = None,
 ) -> Measurement:
-    """Run ``argv`` to completion, with stdout+stderr to ``log_path``; measure it."""
+    """Run ``argv`` to completion (in ``cwd``, default this process's), with stdout+stderr to
+    ``log_path``; measure it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "wb") as log:
         result_path = Path(tmp) / "result.json"
         launcher_argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(result_path), "--",
                          *argv]
-        launcher = subprocess.Popen(launcher_argv, env=env, stdout=log,
+        launcher = subprocess.Popen(launcher_argv, env=env, stdout=log, cwd=cwd,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         busy_before = _busy_cpu_s()
         poller = _TreePoller(launcher.pid, poll_interval_s)
