@@ -14,6 +14,7 @@ is up, gets the report's metrics and artifacts at the end, and ends FAILED if th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -109,3 +110,8 @@ def log_side_run(lines) -> None:
 
 if __name__ == "__main__":
     log_side_run(iter(sys.stdin))
+    # The run is ended and every write committed: skip the interpreter's teardown, which frees
+    # mlflow's and SQLAlchemy's modules for ~1 s (measured) while the driver waits for this exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
