@@ -6,6 +6,7 @@ and default from the typed config; the drivers and reports are imported only whe
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 
@@ -33,6 +34,7 @@ def rejuvenate(cfg: RejuvenateConfig, progress: bool) -> None:
     t0 = time.perf_counter()
     report = run(cfg, progress=progress)
     print_rejuvenation_summary(report, time.perf_counter() - t0)
+    gc.freeze()  # the process exits next: its teardown then skips torch's objects (measured ~0.4 s)
 
 
 def rl(cfg: RLConfig, progress: bool) -> None:
