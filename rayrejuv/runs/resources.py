@@ -13,3 +13,15 @@ def local_cpus(demand: float) -> int:
     over-reserving logical CPUs on a small machine lets every actor start without the cores being
     busy at once; under-reserving leaves an actor pending forever."""
     return max(os.cpu_count() or 1, math.ceil(demand - 1e-9))
+
+
+def set_torch_threads(reserved_cpus: float) -> int:
+    """Size this process's torch thread pools to the CPUs it reserved (at least 1), not to the
+    machine: under load, torch's default (one thread per core in every process) oversubscribes
+    the cores (measured on 2 busy cores: attribution 160 s per batch vs 11-15 s with one thread).
+    Returns the thread count set."""
+    import torch
+
+    n = max(1, math.floor(reserved_cpus + 1e-9))
+    torch.set_num_threads(n)
+    return n

@@ -6,7 +6,9 @@
     report the objective                       probe reward (end or area) or eval pass@1
 
 The trial is an MLflow run nested under the search's run (`tracked_run` of the search's child
-tracking section).
+tracking section). A trial whose result.json exists is not run again: on --resume after a kill,
+Tune's experiment state (saved periodically) may not yet know it finished; its recorded result is
+reported instead.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig)
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(cfg.out) / "trials" / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
+    recorded = trial_dir / "result.json"
+    if recorded.is_file():  # finished before a kill Tune's periodic experiment state had not yet saved
+        tune.report(json.loads(recorded.read_text()))
+        return
     with open(trial_dir / "attempts.log", "a") as f:  # one line per start: retries and resumes are visible
         f.write(f"{time.time()}\n")
     with tracked_run(tracking.model_copy(update={"run_name": f"trial-{trial_id}"}), "trial") as run:
