@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rayrejuv.data.chat import encode_prompts
 from rayrejuv.models.logprobs import completion_logprobs, completion_mask, sample
 
 
@@ -19,7 +20,8 @@ def test_sampling_logprobs_equal_teacher_forced(make_pair, temperature):
     model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(sft)
     prompts = ["Q: 3+4? A:", "Q: a box holds 12 eggs. 5 are taken out. how many? A:"]  # different lengths
-    r = sample(model, tok, prompts, n=3, temperature=temperature, max_new_tokens=12, seed=0)
+    ids = encode_prompts(tok, prompts, "auto")
+    r = sample(model, tok, ids, n=3, temperature=temperature, max_new_tokens=12, seed=0)
     assert r.completion_ids.shape[0] == 6 and r.completion_mask.sum() > 0
     with torch.no_grad():
         learner = completion_logprobs(model, r, temperature=temperature)

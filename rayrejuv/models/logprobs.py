@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rayrejuv.models.rollout import Rollout
+from rayrejuv.models.loading import pad_id
+from rayrejuv.models.rollout import Rollout, left_pad
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -18,17 +19,14 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int | None) -> torch.T
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int
+    model, tokenizer, prompt_ids: list[list[int]], *, n: int, temperature: float, max_new_tokens: int, seed: int
 ) -> Rollout:
-    """n completions per prompt with transformers' generate, and their log-probs under the
-    sampling distribution (logits / temperature), from the scores generate returns."""
+    """n completions per prompt (token ids, rayrejuv.data.chat.encode_prompt's) with transformers'
+    generate, and their log-probs under the sampling distribution (logits / temperature), from the
+    scores generate returns."""
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-    finally:
-        tokenizer.padding_side = side
+    ids, attn = left_pad(prompt_ids, pad_id(tokenizer))
+    enc = {"input_ids": ids.to(device), "attention_mask": attn.to(device)}
     torch.manual_seed(seed)
     out = model.generate(
         **enc,
@@ -56,7 +54,7 @@ def sample(
         completion_mask=mask.cpu(),
         logprobs=(logp * mask).cpu(),
         texts=tokenizer.batch_decode(completion, skip_special_tokens=True),
-        group=torch.arange(len(prompts)).repeat_interleave(n),
+        group=torch.arange(len(prompt_ids)).repeat_interleave(n),
     )
 
 

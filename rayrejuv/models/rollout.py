@@ -16,6 +16,18 @@ def _pad_to(x: torch.Tensor, width: int, value: int | float, left: bool) -> torc
     return torch.cat([pad, x] if left else [x, pad], dim=1)
 
 
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> (ids, mask), both (N, P) long, padded on the left (generation continues
+    from the right edge), as a tokenizer with padding_side="left" pads them."""
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), P), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
+    return ids, mask
+
+
 @dataclass
 class Rollout:
     """N = prompts x G sequences. Prompts are left-padded, completions right-padded.
