@@ -130,10 +130,13 @@ def test_verdicts_from_thresholds_and_json_leaves_out_what_was_not_measured():
     assert row.judged(Thresholds(entropy=0.049, sft_loss=0.009, pass_gap=0.06)).verdict == "plastic"  # strict <
     gap = DiagnosisRow(checkpoint="g", path="/p", pass_at_1=0.5, pass_at_k=0.52, pass_gap=0.02).judged(th)
     assert (gap.verdict, gap.symptoms) == ("at risk", ["diversity collapse"])
-    unsolved = DiagnosisRow(checkpoint="z", path="/p", pass_at_1=0.0, pass_at_k=0.0, pass_gap=0.0).judged(th)
-    assert unsolved.verdict == "plastic"  # solving nothing is not a diversity collapse
+    unsolved = DiagnosisRow(checkpoint="z", path="/p", sft_loss=0.5, entropy=0.4, pass_at_1=0.0, pass_at_k=0.0,
+                            pass_gap=0.0).judged(th)
+    assert (unsolved.verdict, unsolved.symptoms) == ("plastic", [])  # solving nothing is not a diversity collapse
     bare = DiagnosisRow(checkpoint="base", path="/b").judged(th)
-    assert bare.to_json() == {"checkpoint": "base", "path": "/b", "verdict": "plastic", "symptoms": []}
+    # nothing measured is not plastic (issue 14): the verdict says which values and data are missing
+    assert bare.to_json() == {"checkpoint": "base", "path": "/b", "verdict": "undetermined", "symptoms": [],
+                              "not_measured": ["entropy", "sft_loss", "pass_gap"], "missing": ["answer", "response"]}
     assert list(judged.to_json()) == ["checkpoint", "path", "sft_loss", "entropy", "pass_at_1", "pass_at_k",
                                       "pass_gap", "verdict", "symptoms"]
     assert judged.numbers() == {"sft_loss": 0.009, "entropy": 0.049, "pass_at_1": 0.5, "pass_at_k": 0.56,

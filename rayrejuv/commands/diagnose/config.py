@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from rayrejuv.config.base import Config
+from rayrejuv.config.prompts import PromptFormat
 from rayrejuv.config.runtime import TrackingConfig
 
 
-class DiagnoseConfig(Config):
+class DiagnoseConfig(PromptFormat):
     base: Path = Field(description="base checkpoint directory")
     sft: list[Path] = Field(min_length=1, description="SFT checkpoint(s); several make a ladder")
     data: Path | None = Field(

@@ -3,7 +3,8 @@
     for every SFT checkpoint: drift from the base, per matrix
     for the base (reference) and every SFT checkpoint:
         SFT loss and mean token entropy (teacher-forced), greedy pass@1, pass@k and their gap
-        verdict from explicit thresholds (rigid, at risk, plastic)
+        verdict from explicit thresholds (rigid, at risk, plastic; undetermined where the data
+        left a symptom unmeasured and none was found)
     figures, report.md and diagnose.json -> OUT (written to a temporary sibling, renamed when complete)
 """
 
@@ -17,7 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.commands.diagnose.config import DiagnoseConfig
-from rayrejuv.commands.diagnose.report import markdown_report, plot_drift_by_layer, plot_heatmaps, plot_ladder
+from rayrejuv.commands.diagnose.report import (
+    EPOCHS,
+    markdown_report,
+    plot_drift_by_layer,
+    plot_heatmaps,
+    plot_ladder,
+)
 from rayrejuv.commands.diagnose.results import Diagnosis, DiagnosisRow, DriftRow, Thresholds
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.io.checkpoint import Checkpoint
@@ -49,7 +56,7 @@ def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> Diagnosis:
             .judged(thresholds)
             for label, ckpt in checkpoints
         ]
-        figures = write_figures(out.tmp, cfg, base, sfts[-1], labels, table, drift)
+        figures = write_figures(out.tmp, cfg, base, sfts[-1], labels, table, drift, thresholds)
         result = Diagnosis(cfg.model_dump(mode="json"), thresholds, table, drift, figures, out=str(out.target))
         (out.tmp / "diagnose.json").write_text(json.dumps(result.to_json(), indent=2))
         (out.tmp / "report.md").write_text(markdown_report(result))
@@ -139,7 +146,9 @@ def drift_summary(drift: dict[str, list[DriftRow]], label: str) -> dict[str, flo
     return {"drift_msd_mean": sum(d.msd for d in rows) / len(rows), "drift_rel_max": max(d.relative for d in rows)}
 
 
-def write_figures(directory: Path, cfg, base, last_sft, labels, table: list[DiagnosisRow], drift) -> list[str]:
+def write_figures(
+    directory: Path, cfg, base, last_sft, labels, table: list[DiagnosisRow], drift, thresholds: Thresholds
+) -> list[str]:
     plot_drift_by_layer(drift, directory / "drift_by_layer.png")
     figs = ["drift_by_layer.png"]
     if cfg.heatmaps and _plot_top_heatmaps(directory, cfg.heatmaps, base, last_sft, labels[-1], drift[labels[-1]]):
@@ -148,10 +157,10 @@ def write_figures(directory: Path, cfg, base, last_sft, labels, table: list[Diag
     if len(sft_rows) > 1 and (sft_rows[0].entropy is not None or sft_rows[0].pass_at_1 is not None):
         epochs = [_EPOCH.search(lbl) for lbl in labels]
         if all(epochs):
-            xs, xlabel = [float(m.group(1)) for m in epochs], "SFT epochs"
+            xs, xlabel = [float(m.group(1)) for m in epochs], EPOCHS
         else:
             xs, xlabel = [float(i + 1) for i in range(len(labels))], "checkpoint"
-        plot_ladder(sft_rows, xs, xlabel, directory / "ladder.png")
+        plot_ladder(sft_rows, xs, xlabel, thresholds, directory / "ladder.png")
         figs.append("ladder.png")
     return figs
 
