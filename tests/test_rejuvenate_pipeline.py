@@ -162,7 +162,7 @@ def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monk
 
 
 def test_the_mlflow_run_is_logged_beside_the_work_nested_and_failed_runs_recorded(make_pair, tmp_path):
-    """The side process (commands/rejuvenate/tracking.py) nests the run under a parent given by id
+    """The logger (runs/side_run.py: the store's tracking agent) nests the run under a parent given by id
     from another process, logs params, metrics and the report, and records a failed run FAILED."""
     import mlflow
 

@@ -19,6 +19,12 @@ class TrackingConfig(Config):
     parent_run_id: str | None = Field(
         None, description="nest the run under this (running) MLflow run, as the demo does with its phases"
     )
+    agent_idle_s: float = Field(
+        300.0, ge=0,
+        description="rejuvenate logs to a local store through a tracking agent (one process per store, see "
+        "runs/agent.py) that outlives the command by this many idle seconds, so the next command skips MLflow's "
+        "~3 s start-up; 0: a side process per command",
+    )
 
 
 class RayConfig(Config):
