@@ -4,7 +4,8 @@ The MLflow run is logged outside this process (runs/side_run.py: the store's tra
 side process), started first, before this process imports torch and the engine: on two cores
 mlflow's start-up there (~3 s of CPU) and torch's import here (~2 s) run at the same time.
 Measured on the 2-core machine, 0.29B pair, median of 5 (busy): tracking's cost over --no-track
-17.2 s with the side process started after the engine's import, 10.2 s started before it. With the agent warm, the run costs the command only its two messages.
+17.2 s with the side process started after the engine's import, 10.2 s started before it.
+With the agent warm, the run costs the command only its two messages.
 """
 
 from __future__ import annotations
