@@ -325,6 +325,8 @@ def ratios(summary: dict[str, dict]) -> dict:
             out[f"{tool}_over_{MAIN}_wall"] = wall[tool] / wall[MAIN]
     if f"{MAIN}_over_mergekit_wall" in out:
         out[f"{MAIN}_over_mergekit_wall_ok"] = out[f"{MAIN}_over_mergekit_wall"] <= TARGET_WALL_RATIO_VS_MERGEKIT
+        # repeat 1 may start the store's MLflow tracking agent (cold); later repeats find it (warm)
+        out[f"{MAIN}_first_repeat_over_mergekit_wall"] = summary[MAIN]["wall_s_all"][0] / wall["mergekit"]
     if MAIN in summary:
         out[f"{MAIN}_peak_rss_gb"] = summary[MAIN]["peak_rss_gb"]
         out[f"{MAIN}_peak_rss_ok"] = summary[MAIN]["peak_rss_gb"] <= TARGET_PEAK_RSS_GB
@@ -395,6 +397,9 @@ def ratio_lines(r: dict) -> list[str]:
         for other in ("io_floor", MAIN):
             if f"{tool}_over_{other}_wall" in r:
                 lines.append(f"{tool + '/' + other + ' wall':<32} {r[f'{tool}_over_{other}_wall']:6.3f}")
+    if f"{MAIN}_first_repeat_over_mergekit_wall" in r:
+        lines.append(f"{MAIN + ' repeat 1/mergekit wall':<32} {r[f'{MAIN}_first_repeat_over_mergekit_wall']:6.3f}"
+                     "   (repeat 1 starts the tracking agent unless one is up)")  # fmt: skip
     if f"{MAIN}_peak_rss_gb" in r:
         lines.append(f"{MAIN + ' peak RSS GB':<32} {r[f'{MAIN}_peak_rss_gb']:6.3f}   target <= {TARGET_PEAK_RSS_GB}  "
                      f"{_verdict(r[f'{MAIN}_peak_rss_ok'])}")  # fmt: skip
