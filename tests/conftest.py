@@ -43,6 +43,29 @@ def _private_ray_temp():
         os.environ["RAY_TMPDIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tracking_agents():
+    """The MLflow tracking agents that tests' commands start (runs/agent.py) listen under
+    $TMPDIR/rayrejuv-<uid>/: a private TMPDIR for the session keeps them apart from the user's, and
+    removing their sockets at the end makes every one exit (each checks its socket every second)."""
+    import shutil
+    import tempfile
+
+    from _ray_local import short_temp_dir
+
+    root = short_temp_dir("rja")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = root
+    tempfile.tempdir = None  # re-read $TMPDIR
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+    if old is None:
+        os.environ.pop("TMPDIR")
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+
+
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
 
