@@ -175,6 +175,7 @@ def plain(work: Path, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rayrejuv.data.chat import encode_prompts
     from rayrejuv.method.grpo import group_advantages, grpo_loss
     from rayrejuv.method.rewards import is_correct
     from rayrejuv.models.logprobs import completion_logits, sample, token_logprobs
@@ -200,7 +201,8 @@ def plain(work: Path, steps: int) -> dict:
     for step in range(steps):
         picked = rows[step * P : (step + 1) * P]
         t0 = clock()
-        b = sample(gen, tok, [r["prompt"] for r in picked], n=G, temperature=1.0, max_new_tokens=MAX_NEW, seed=step)
+        ids = encode_prompts(tok, [r["prompt"] for r in picked], "auto")
+        b = sample(gen, tok, ids, n=G, temperature=1.0, max_new_tokens=MAX_NEW, seed=step)
         t1 = clock()
         rewards = torch.tensor([1.0 if is_correct(t, picked[int(g)]["answer"]) else -1.0
                                 for t, g in zip(b.texts, b.group)])

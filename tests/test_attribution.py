@@ -28,7 +28,7 @@ def _setup(make_pair, tokenizer, family, n=3, tie=False):
         if type(module).__name__.endswith("RMSNorm"):
             module.forward = _float64_norm_forward.__get__(module)
     rows = [{"prompt": r["prompt"], "response": r["response"]} for r in arith.problems(4, 9, seed=5)]
-    batch = collate(tokenize_pairs(tokenizer, rows, 64), tokenizer.pad_token_id)
+    batch = collate(tokenize_pairs(tokenizer, rows, 64, "auto"), tokenizer.pad_token_id)
     h = response_entropy(model, batch)
     positions, valid = select_target_positions(h, torch.zeros_like(h), batch.response_mask, n)
     return ckpt, model, batch, positions, valid

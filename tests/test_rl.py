@@ -102,6 +102,7 @@ def test_resume_and_rollout_crash_reproduce_the_clean_run(adder, clean_run, tmp_
 def _fixed_batch(adder, n_prompts=4, group=4):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rayrejuv.data.chat import encode_prompts
     from rayrejuv.method.grpo import group_advantages
     from rayrejuv.method.rewards import is_correct
     from rayrejuv.models.logprobs import sample
@@ -109,7 +110,8 @@ def _fixed_batch(adder, n_prompts=4, group=4):
     tok = AutoTokenizer.from_pretrained(adder["model"])
     model = AutoModelForCausalLM.from_pretrained(adder["model"]).eval()
     rows = [json.loads(x) for x in adder["train"].read_text().splitlines()[:n_prompts]]
-    b = sample(model, tok, [r["prompt"] for r in rows], n=group, temperature=1.0, max_new_tokens=8, seed=0)
+    ids = encode_prompts(tok, [r["prompt"] for r in rows], "auto")
+    b = sample(model, tok, ids, n=group, temperature=1.0, max_new_tokens=8, seed=0)
     b.rewards = torch.tensor([1.0 if is_correct(t, rows[int(g)]["answer"]) else -1.0 for t, g in zip(b.texts, b.group)])
     b.rewards[::3] = 1.0  # make sure every group has reward variance
     b.advantages = group_advantages(b.rewards.view(n_prompts, group)).flatten()

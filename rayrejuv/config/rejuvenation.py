@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from rayrejuv.config.base import Config
+from rayrejuv.config.prompts import PromptFormat
 
 
 class FusionParams(Config):
@@ -23,8 +24,9 @@ class FusionParams(Config):
     omega: float = Field(1.0, ge=0.0, le=1.0, description="reset strength, Eq. 5; 1.0 overwrites with base values")
 
 
-class ResetSearchConfig(FusionParams):
-    """Steps 1-4 of the targeted reset: which neurons, found on a calibration set."""
+class ResetSearchConfig(FusionParams, PromptFormat):
+    """Steps 1-4 of the targeted reset: which neurons, found on a calibration set (its prompts
+    rendered as `chat_template` says)."""
 
     reset_ratio: float = Field(
         0.01, gt=0.0, lt=1.0, description="fraction rho of neurons to reset, Eq. 4; paper sweeps 0.005-0.04"

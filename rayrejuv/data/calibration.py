@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from rayrejuv.data.chat import ChatTemplate, encode_pair, rendered_text
 from rayrejuv.data.jsonl import read_jsonl
 from rayrejuv.errors import RejuvError
 
@@ -18,29 +19,34 @@ class CalibrationBatch:
     response_mask: torch.Tensor  # (B, T) True where position t predicts response token t+1
 
 
-def tokenize_pairs(tokenizer, rows: list[dict[str, str]], max_length: int) -> list[tuple[list[int], int]]:
-    """(ids, prompt_len) per example: prompt with the tokenizer's special tokens, then the response
-    and EOS (the SFT model learned to end with it), truncated to max_length."""
+def tokenize_pairs(
+    tokenizer, rows: list[dict], max_length: int, chat_template: ChatTemplate
+) -> list[tuple[list[int], int]]:
+    """(ids, prompt_len) per example (encode_pair's: the prompt as the model sees it, then the
+    response ending with the template's end-of-turn, or EOS when not templated), truncated to max_length."""
     out = []
     for row in rows:
-        prompt = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
-        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            response = response + [tokenizer.eos_token_id]
-        ids = (prompt + response)[:max_length]
-        out.append((ids, len(prompt)))
+        ids, prompt_len = encode_pair(tokenizer, row["prompt"], row["response"], chat_template)
+        out.append((ids[:max_length], prompt_len))
     return out
 
 
-def load_calibration(path: str | Path, tokenizer, max_length: int) -> list[tuple[list[int], int]]:
+def load_calibration(
+    path: str | Path, tokenizer, max_length: int, chat_template: ChatTemplate
+) -> list[tuple[list[int], int]]:
     rows = read_jsonl(path, ("prompt", "response"), "calibration")
-    examples = tokenize_pairs(tokenizer, rows, max_length)
+    examples = tokenize_pairs(tokenizer, rows, max_length, chat_template)
     if not any(len(ids) > p for ids, p in examples):
         raise RejuvError(
             f"calibration file {path}: no example has a response token within max_length={max_length} "
             "(prompts too long or responses empty); shorten the prompts or raise max_length"
         )
     return [(ids, p) for ids, p in examples if len(ids) > p]
+
+
+def first_rendered(path: str | Path, tokenizer, chat_template: ChatTemplate) -> str:
+    """What the model sees for the calibration file's first row: its prompt and response, rendered."""
+    return rendered_text(tokenizer, read_jsonl(path, ("prompt", "response"), "calibration")[0], chat_template)
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int) -> CalibrationBatch:

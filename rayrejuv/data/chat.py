@@ -21,7 +21,7 @@ from collections.abc import Callable
 from rayrejuv.config.prompts import ChatTemplate
 from rayrejuv.errors import RejuvError
 
-__all__ = ["ChatTemplate", "encode_pair", "encode_prompt", "encode_prompts", "rendered_text"]
+__all__ = ["ChatTemplate", "encode_pair", "encode_prompt", "encode_prompts", "print_rendered", "rendered_text"]
 
 Prompt = str | list[dict[str, str]]
 _WARNED: set[str] = set()  # tokenizers already warned about (once per process)
@@ -119,6 +119,18 @@ def encode_pair(tokenizer, prompt: Prompt, response: str, mode: ChatTemplate) ->
     return full, len(ids)
 
 
-def rendered_text(tokenizer, prompt: Prompt, mode: ChatTemplate) -> str:
-    """What the model sees for `prompt`, decoded with its special tokens (the first example a command prints)."""
-    return tokenizer.decode(encode_prompt(tokenizer, prompt, mode), skip_special_tokens=False)
+def rendered_text(tokenizer, row: dict, mode: ChatTemplate) -> str:
+    """What the model sees for a row, decoded with its special tokens: the prompt, then the
+    response when the row has one (calibration, teacher-forced evaluation)."""
+    if "response" in row:
+        ids, _ = encode_pair(tokenizer, row["prompt"], row["response"], mode)
+    else:
+        ids = encode_prompt(tokenizer, row["prompt"], mode)
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def print_rendered(text: str, mode: ChatTemplate, what: str) -> None:
+    """Print what the model sees for a command's first `what` row (rendered_text's), once per
+    command, on stderr beside the progress bars."""
+    body = "\n".join(f"  | {line}" for line in text.split("\n"))
+    print(f"what the model sees (first {what} row, chat_template: {mode}):\n{body}", file=sys.stderr, flush=True)

@@ -1,6 +1,7 @@
 """Rollout workers: one interface, two backends (transformers `generate` and vLLM), chosen by config.
 
-A worker holds a copy of the policy. `generate` returns a `Rollout` (token ids and sampling
+A worker holds a copy of the policy. Prompts arrive as token ids (rendered once by the driver,
+rayrejuv.data.chat.encode_prompt). `generate` returns a `Rollout` (token ids and sampling
 log-probs); `complete` returns texts only (evaluation); `load_weights` takes the learner's
 state dict after every update. Workers know nothing of GRPO.
 """
@@ -30,7 +31,7 @@ class HFRolloutWorker:
         self.tokenizer = load_tokenizer(ckpt)
         self.version = 0
 
-    def generate(self, prompts: list[str], s: Sampling) -> Rollout:
+    def generate(self, prompts: list[list[int]], s: Sampling) -> Rollout:
         from rayrejuv.models.loading import pad_id
         from rayrejuv.models.logprobs import sample
 
@@ -47,7 +48,7 @@ class HFRolloutWorker:
         out.version = self.version
         return out
 
-    def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
+    def complete(self, prompts: list[list[int]], s: Sampling) -> list[list[str]]:
         """n texts per prompt; temperature 0 is greedy."""
         from rayrejuv.models.evaluate import generate
 

@@ -37,7 +37,7 @@ class RolloutGroup:
         self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
         self.restarts = 0
 
-    def _map(self, method: str, prompts: list[str], s: Sampling) -> list:
+    def _map(self, method: str, prompts: list[list[int]], s: Sampling) -> list:
         """Split prompts over the actors; per-actor seeds make the split reproducible."""
         import ray
         from ray.exceptions import RayActorError
@@ -76,11 +76,11 @@ class RolloutGroup:
                 time.sleep(1.0)
         raise RuntimeError("a rollout actor did not come back after a crash")
 
-    def generate(self, prompts: list[str], s: Sampling, pad_id: int) -> Rollout:
+    def generate(self, prompts: list[list[int]], s: Sampling, pad_id: int) -> Rollout:
         """All sequences of all actors, in prompt order; `group` indexes `prompts`."""
         return Rollout.cat(self._map("generate", prompts, s), pad_id)
 
-    def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
+    def complete(self, prompts: list[list[int]], s: Sampling) -> list[list[str]]:
         return [texts for part in self._map("complete", prompts, s) for texts in part]
 
     def sync(self, state_dict: dict, version: int) -> None:

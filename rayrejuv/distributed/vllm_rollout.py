@@ -16,7 +16,7 @@ import torch
 
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.models.logprobs import completion_mask
-from rayrejuv.models.rollout import Rollout, Sampling
+from rayrejuv.models.rollout import Rollout, Sampling, left_pad
 
 EXTENSION = "rayrejuv.distributed.vllm_ext.WeightSync"
 
@@ -54,16 +54,12 @@ def engine_kwargs(model_dir: str, cfg: RolloutConfig, seed: int) -> dict:
 def to_rollout(outputs, pad_id: int, eos_id: int | None, n: int) -> Rollout:
     """vLLM RequestOutputs (one per prompt, n samples each) -> a padded Rollout."""
     rows = [(o.prompt_token_ids, c) for o in outputs for c in o.outputs]
-    P = max(len(p) for p, _ in rows)
     T = max(1, max(len(c.token_ids) for _, c in rows))
     N = len(rows)
-    prompt_ids = torch.full((N, P), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((N, P), dtype=torch.long)
+    prompt_ids, prompt_mask = left_pad([list(p) for p, _ in rows], pad_id)  # (N, P)
     completion_ids = torch.full((N, T), pad_id, dtype=torch.long)
     logprobs = torch.zeros((N, T))
-    for i, (p, c) in enumerate(rows):
-        prompt_ids[i, P - len(p) :] = torch.tensor(p)
-        prompt_mask[i, P - len(p) :] = 1
+    for i, (_, c) in enumerate(rows):
         ids = list(c.token_ids)
         completion_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         # c.logprobs: one {token_id: Logprob} per generated position, holding the sampled token
@@ -81,6 +77,12 @@ def to_rollout(outputs, pad_id: int, eos_id: int | None, n: int) -> Rollout:
         texts=[c.text for _, c in rows],
         group=torch.arange(len(outputs)).repeat_interleave(n),
     )
+
+
+def _token_prompts(prompts: list[list[int]]) -> list[dict]:
+    """vLLM's TokensPrompt per prompt: the engine uses these ids as they are (rendered by
+    rayrejuv.data.chat, so vLLM neither re-tokenizes nor adds a second BOS)."""
+    return [{"prompt_token_ids": list(p)} for p in prompts]
 
 
 def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,7 +112,7 @@ class VLLMRolloutWorker:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # weights go through memory, not disk
         self._shm = Path(tempfile.mkdtemp(prefix="rayrejuv-weights-", dir=shm))
 
-    def _params(self, prompts: list[str], s: Sampling, logprobs: bool) -> list:
+    def _params(self, prompts: list[list[int]], s: Sampling, logprobs: bool) -> list:
         """One SamplingParams per prompt. vLLM seeds the n samples of a request seed, seed+1, ...,
         seed+n-1: with one seed for all prompts, every prompt would draw the same random numbers
         (near-identical completions from a flat policy), so prompt i starts at seed + i*n."""
@@ -123,14 +125,14 @@ class VLLMRolloutWorker:
             for i in range(len(prompts))
         ]
 
-    def generate(self, prompts: list[str], s: Sampling) -> Rollout:
-        outs = self.llm.generate(prompts, self._params(prompts, s, True), use_tqdm=False)
+    def generate(self, prompts: list[list[int]], s: Sampling) -> Rollout:
+        outs = self.llm.generate(_token_prompts(prompts), self._params(prompts, s, True), use_tqdm=False)
         r = to_rollout(outs, self.pad_id, self.eos_id, s.n)
         r.version = self.version
         return r
 
-    def complete(self, prompts: list[str], s: Sampling) -> list[list[str]]:
-        outs = self.llm.generate(prompts, self._params(prompts, s, False), use_tqdm=False)
+    def complete(self, prompts: list[list[int]], s: Sampling) -> list[list[str]]:
+        outs = self.llm.generate(_token_prompts(prompts), self._params(prompts, s, False), use_tqdm=False)
         return [[c.text for c in o.outputs] for o in outs]
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:

@@ -8,19 +8,23 @@ import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.data.calibration import batches, tokenize_pairs
+from rayrejuv.data.chat import ChatTemplate, encode_prompts
 from rayrejuv.method.entropy import token_entropy
 from rayrejuv.method.metrics import pass_at_k
 from rayrejuv.method.rewards import is_correct
+from rayrejuv.models.loading import pad_id
+from rayrejuv.models.rollout import left_pad
 
 
 @torch.no_grad()
 def teacher_forced_stats(
-    model, tokenizer, rows: list[dict[str, str]], batch_size: int = 32, max_length: int = 512
+    model, tokenizer, rows: list[dict], chat_template: ChatTemplate, batch_size: int = 32, max_length: int = 512
 ) -> dict[str, float]:
     """SFT cross-entropy and mean predictive entropy over response tokens (teacher-forced)."""
     device = next(model.parameters()).device
     total_loss, total_entropy, n = 0.0, 0.0, 0
-    for b in batches(tokenize_pairs(tokenizer, rows, max_length), batch_size, tokenizer.pad_token_id):
+    examples = tokenize_pairs(tokenizer, rows, max_length, chat_template)
+    for b in batches(examples, batch_size, tokenizer.pad_token_id):
         logits = model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device)).logits.float()
         mask = b.response_mask[:, :-1].to(device)  # (B, T-1): position t predicts a response token
         logits = logits[:, :-1][mask]  # (N, V)
@@ -35,7 +39,7 @@ def teacher_forced_stats(
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompt_ids: list[list[int]],
     *,
     num_samples: int,
     do_sample: bool,
@@ -46,30 +50,27 @@ def generate(
     progress: bool = False,
     desc: str = "generate",
 ) -> list[list[str]]:
-    """Completions (decoded, special tokens removed) for every prompt: num_samples each."""
+    """Completions (decoded, special tokens removed) for every prompt (token ids, encode_prompt's):
+    num_samples each."""
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
     torch.manual_seed(seed)
     out: list[list[str]] = []
-    try:
-        for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                num_return_sequences=num_samples,
-                temperature=temperature if do_sample else None,
-                top_p=1.0 if do_sample else None,
-                top_k=0 if do_sample else None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out += [texts[j : j + num_samples] for j in range(0, len(texts), num_samples)]
-    finally:
-        tokenizer.padding_side = side
+    for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, unit="batch", disable=not progress):
+        ids, attn = left_pad(prompt_ids[i : i + batch_size], pad_id(tokenizer))  # (B, P): continue at the right
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            num_return_sequences=num_samples,
+            temperature=temperature if do_sample else None,
+            top_p=1.0 if do_sample else None,
+            top_k=0 if do_sample else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+        out += [texts[j : j + num_samples] for j in range(0, len(texts), num_samples)]
     return out
 
 
@@ -89,8 +90,9 @@ class PassAtK:
 def evaluate_pass_at_k(
     model,
     tokenizer,
-    rows: list[dict[str, str]],
+    rows: list[dict],
     *,
+    chat_template: ChatTemplate,
     k: int = 8,
     n: int | None = None,
     temperature: float = 1.0,
@@ -100,7 +102,7 @@ def evaluate_pass_at_k(
     progress: bool = False,
 ) -> PassAtK:
     n = n or k
-    prompts = [r["prompt"] for r in rows]
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows], chat_template)
     greedy = generate(
         model,
         tokenizer,
@@ -142,16 +144,20 @@ def score_pass_at_k(greedy: list[list[str]], samples: list[list[str]], rows: lis
     )
 
 
-def greedy_pass_at_1(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 64) -> float:
+def greedy_pass_at_1(
+    model, tokenizer, rows: list[dict], max_new_tokens: int, chat_template: ChatTemplate, batch_size: int = 64
+) -> float:
     """Fraction of prompts whose greedy completion has the right final answer."""
-    texts = generate(model, tokenizer, [r["prompt"] for r in rows], num_samples=1, do_sample=False,
-                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows], chat_template)
+    texts = generate(model, tokenizer, prompts, num_samples=1, do_sample=False, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size)
     return sum(is_correct(t[0], r["answer"]) for t, r in zip(texts, rows)) / len(rows)
 
 
 def score_checkpoint(
-    model_dir, splits: dict[str, list[dict]], entropy_rows: list[dict], max_new_tokens: int, role: str = "evaluated"
-) -> dict[str, float]:
+    model_dir, splits: dict[str, list[dict]], entropy_rows: list[dict], max_new_tokens: int,
+    chat_template: ChatTemplate, role: str = "evaluated",
+) -> dict[str, float]:  # fmt: skip
     """Greedy pass@1 on each named split, and the mean teacher-forced token entropy on
     `entropy_rows` (prompt/response): the numbers of the demo's table, for one checkpoint."""
     from rayrejuv.io.checkpoint import Checkpoint
@@ -159,6 +165,6 @@ def score_checkpoint(
 
     ckpt = Checkpoint(model_dir, role=role)
     model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
-    scores = {name: greedy_pass_at_1(model, tok, rows, max_new_tokens) for name, rows in splits.items()}
-    scores["entropy"] = teacher_forced_stats(model, tok, entropy_rows)["entropy"]
+    scores = {name: greedy_pass_at_1(model, tok, rows, max_new_tokens, chat_template) for name, rows in splits.items()}
+    scores["entropy"] = teacher_forced_stats(model, tok, entropy_rows, chat_template)["entropy"]
     return scores

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rayrejuv.config.rejuvenation import ResetSearchConfig
-from rayrejuv.data.calibration import CalibrationBatch, batches, load_calibration
+from rayrejuv.data.calibration import CalibrationBatch, batches, first_rendered, load_calibration
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.method.entropy import select_target_positions
 from rayrejuv.method.fusion import fuse
@@ -55,8 +55,13 @@ def fuse_in_place(model, base: Checkpoint, sft: Checkpoint, alpha: float) -> Non
 def calibration_batches(cfg: ResetSearchConfig, sft: Checkpoint) -> list[CalibrationBatch]:
     """The calibration file, tokenized with the SFT tokenizer and batched (refuses a bad file)."""
     tokenizer = load_tokenizer(sft)
-    examples = load_calibration(cfg.calibration, tokenizer, cfg.max_length)
+    examples = load_calibration(cfg.calibration, tokenizer, cfg.max_length, cfg.chat_template)
     return batches(examples, cfg.batch_size, pad_id(tokenizer))
+
+
+def calibration_example(cfg: ResetSearchConfig, sft: Checkpoint) -> str:
+    """The first calibration row as the SFT model sees it (prompt and response, rendered)."""
+    return first_rendered(cfg.calibration, load_tokenizer(sft), cfg.chat_template)
 
 
 def entropies(model, calib: list[CalibrationBatch], side: str, progress: bool) -> list[torch.Tensor]:

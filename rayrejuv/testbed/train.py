@@ -45,7 +45,7 @@ def train_pairs(
     optimizer)` runs after every step (1-based), e.g. to save ladder checkpoints; `start_step` and
     `optimizer_state` resume a run. Returns the loss of every step run.
     """
-    examples = tokenize_pairs(tokenizer, rows, max_length=1 << 16)
+    examples = tokenize_pairs(tokenizer, rows, 1 << 16, "auto")  # conversational rows templated, plain ones as they are
     n_steps = steps_for(epochs, len(examples), batch_size)
     order = batch_order(len(examples), n_steps, batch_size, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

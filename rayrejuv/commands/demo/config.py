@@ -3,6 +3,8 @@ defaults. `--quick` applies QUICK on top (a smoke run of a few minutes); YAML an
 
 The demo embeds the sections of the commands it drives (the world's spec, the reset search's
 knobs, GRPO's step) with the demo's own recipe as their defaults; nothing is declared twice.
+The world has one prompt format: `rejuvenation.chat_template` (the reset search's field) renders
+the prompts of every phase (calibration, diagnosis, RL, scores).
 The recipe (rungs, alpha, learning rate, steps) was measured on the default tiny world; the
 closing notes of issue 7 and docs/testbed.md ("Which RL distribution") give the numbers behind
 each choice.

@@ -25,6 +25,7 @@ from rayrejuv.commands.diagnose.config import DiagnoseConfig
 from rayrejuv.commands.diagnose.results import Diagnosis
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.config.prompts import ChatTemplate
 from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.runs.cluster import ray_session
@@ -104,6 +105,7 @@ def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingCo
         max_examples=cfg.eval.examples,
         k=cfg.eval.diagnose_k,
         max_new_tokens=cfg.eval.max_new_tokens,
+        chat_template=cfg.rejuvenation.chat_template,  # the world's one prompt format
         tracking=tracking,
     )
     return diagnose(dcfg, progress=progress)
@@ -160,13 +162,13 @@ class EvalSets:
         return {"id": self.id_rows, "ood": self.ood_rows}
 
 
-def _score(model_dir: str, evals: EvalSets, max_new_tokens: int) -> dict[str, float]:
+def _score(model_dir: str, evals: EvalSets, max_new_tokens: int, chat_template: ChatTemplate) -> dict[str, float]:
     import torch
 
     from rayrejuv.models.evaluate import score_checkpoint
 
     torch.set_num_threads(1)  # one core per task: tasks run side by side
-    return score_checkpoint(model_dir, evals.splits(), evals.entropy_rows, max_new_tokens)
+    return score_checkpoint(model_dir, evals.splits(), evals.entropy_rows, max_new_tokens, chat_template)
 
 
 def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -> dict[str, StartScores]:
@@ -174,7 +176,8 @@ def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -
     import ray
 
     task = ray.remote(num_cpus=1)(_score)
-    refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens) for s, p in starts.items()}
+    refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens, cfg.rejuvenation.chat_template)
+            for s, p in starts.items()}
     scores = {s: ray.get(r) for s, r in refs.items()}
     return {s: StartScores(id_before=v["id"], ood_before=v["ood"], entropy_before=v["entropy"])
             for s, v in scores.items()}
@@ -194,6 +197,7 @@ def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, trackin
         eval_every=0,  # the demo scores the final checkpoint itself, on both splits
         checkpoint_every=max(1, r.steps // 2),
         keep_checkpoints=1,
+        chat_template=cfg.rejuvenation.chat_template,
         grpo=r.grpo,
         rollout=r.rollout,
         learner=r.learner,
@@ -215,7 +219,7 @@ def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> SeedRu
     rcfg = RLConfig.model_validate(rl_json)
     layout = RunLayout(Path(rcfg.out))
     summary = _finished_or_run(rcfg, layout)
-    scores = _score(str(summary.final_checkpoint), evals, max_new_tokens)
+    scores = _score(str(summary.final_checkpoint), evals, max_new_tokens, rcfg.chat_template)
     steps = [r for r in layout.records() if "reward/mean" in r]
     return SeedRun(
         seed=rcfg.seed,

@@ -47,7 +47,7 @@ def diagnose(cfg: DiagnoseConfig, progress: bool = True) -> Diagnosis:
     rows, device = _read_data(cfg), resolve_device(cfg.device)
     thresholds = Thresholds(entropy=cfg.entropy_threshold, sft_loss=cfg.loss_threshold, pass_gap=cfg.gap_threshold)
     with tracked_run(cfg.tracking, run_name=f"diagnose:{labels[-1]}") as run, out:
-        run.log_params(cfg.model_dump(mode="json"))
+        run.log_params(cfg.model_dump(mode="json") | _rendered_example(cfg, rows, sfts[-1], progress))
         checkpoints = ([("base", base)] if cfg.include_base else []) + list(zip(labels, sfts))
         measured = {label: evaluate_checkpoint(ckpt, rows, cfg, device, progress) for label, ckpt in checkpoints}
         drift = {label: drift_table(base, ckpt, progress) for label, ckpt in zip(labels, sfts)}
@@ -79,6 +79,18 @@ def _read_data(cfg: DiagnoseConfig) -> list[dict[str, str]]:
     return read_jsonl(cfg.data, ("prompt",), "diagnose data", optional=("response", "answer"))[: cfg.max_examples]
 
 
+def _rendered_example(cfg: DiagnoseConfig, rows: list[dict], sft: Checkpoint, show: bool) -> dict[str, str]:
+    """What the model sees for the first row (printed when `show`), for the run's params; {} without data."""
+    from rayrejuv.data.chat import print_rendered, rendered_text
+
+    if not rows:
+        return {}
+    text = rendered_text(load_tokenizer(sft), rows[0], cfg.chat_template)
+    if show:
+        print_rendered(text, cfg.chat_template, "diagnose")
+    return {"rendered_prompt": text}
+
+
 def _labels(paths: list[Path]) -> list[str]:
     names = [Path(p).name for p in paths]
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
@@ -102,12 +114,13 @@ def evaluate_checkpoint(ckpt: Checkpoint, rows, cfg: DiagnoseConfig, device, pro
     model = load_model(ckpt, torch.float32, device)
     out: dict = {}
     if "response" in rows[0]:
-        out.update(teacher_forced_stats(model, tok, rows, cfg.batch_size))
+        out.update(teacher_forced_stats(model, tok, rows, cfg.chat_template, cfg.batch_size))
     if "answer" in rows[0]:
         p = evaluate_pass_at_k(
             model,
             tok,
             rows,
+            chat_template=cfg.chat_template,
             k=cfg.k,
             temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens,

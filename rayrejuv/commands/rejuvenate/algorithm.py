@@ -26,6 +26,7 @@ from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.rejuvenate.report import REPORT, RESET_MAP, plot_reset_map, write_report
 from rayrejuv.config.rejuvenation import FusionParams
 from rayrejuv.config.runtime import RayConfig
+from rayrejuv.data.chat import print_rendered
 from rayrejuv.distributed.layer_shard import ShardResult, ShardWorker
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
@@ -43,7 +44,13 @@ from rayrejuv.io.writer import (
 )
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.rejuvenation.job import RejuvenationJob
-from rayrejuv.rejuvenation.reset_search import AttributionStats, calibration_batches, find_reset_set, neuron_index
+from rayrejuv.rejuvenation.reset_search import (
+    AttributionStats,
+    calibration_batches,
+    calibration_example,
+    find_reset_set,
+    neuron_index,
+)
 from rayrejuv.rejuvenation.writer import output_entries
 from rayrejuv.runs.cluster import cluster_address
 from rayrejuv.timing import PhaseTimer
@@ -68,7 +75,7 @@ def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
     ):
         with timer.phase("validate"):
             names = check_pair(base, sft)
-            check_calibration(cfg, sft)
+            example = check_calibration(cfg, sft, progress)
             out = AtomicDir(cfg.out, overwrite=cfg.overwrite, resumable=True, resume=cfg.resume)
             plans = plan_shards(output_entries(names, sft, cfg.dtype), int(cfg.max_shard_gb * 1e9))
         with out:
@@ -80,7 +87,7 @@ def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
             outcome = EXECUTION_MODES[execution_mode(cfg.ray)](cfg, job, base, sft, timer, progress)
             with timer.phase("finalize"):
                 finalize(job, sft, names, outcome, cfg.dtype)
-            report = build_report(cfg, sft, outcome, timer, plans)
+            report = build_report(cfg, sft, outcome, timer, plans) | {"calibration_example": example}
             write_report(out.tmp / REPORT, report)
             if outcome.reset.size:
                 kinds = [k.name for k in sft.spec.neuron_kinds]
@@ -89,11 +96,17 @@ def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
     return report
 
 
-def check_calibration(cfg: RejuvenateConfig, sft: Checkpoint) -> None:
+def check_calibration(cfg: RejuvenateConfig, sft: Checkpoint, show: bool) -> str | None:
     """Refuse a bad calibration file before any work, on either path (on Ray the attribution actor
-    reads it, which would otherwise be after the fusion ran)."""
-    if not cfg.fusion_only:
-        calibration_batches(cfg, sft)
+    reads it, which would otherwise be after the fusion ran). Returns its first row as the model
+    sees it (printed when `show`; the report keeps it), None for --fusion-only."""
+    if cfg.fusion_only:
+        return None
+    calibration_batches(cfg, sft)
+    example = calibration_example(cfg, sft)
+    if show:
+        print_rendered(example, cfg.chat_template, "calibration")
+    return example
 
 
 def fusion_params(cfg: RejuvenateConfig) -> FusionParams:

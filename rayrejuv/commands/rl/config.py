@@ -6,12 +6,12 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from rayrejuv.config.base import Config
+from rayrejuv.config.prompts import PromptFormat
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig, RewardConfig, RolloutConfig
 from rayrejuv.config.runtime import RayConfig, TrackingConfig
 
 
-class RLConfig(Config):
+class RLConfig(PromptFormat):
     model: Path = Field(description="starting checkpoint (HF safetensors); also the frozen KL reference")
     train_data: Path = Field(description="jsonl of {prompt, answer} for RL")
     eval_data: Path | None = Field(None, description="jsonl of {prompt, answer} for pass@1 / pass@k evaluation")

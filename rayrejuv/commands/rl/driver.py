@@ -111,6 +111,7 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     rows, eval_rows = _check_inputs(cfg)
+    rows, eval_rows, example = _render_prompts(cfg, rows, eval_rows, progress)
     layout = RunLayout(cfg.out)
     run_dir = claim(layout, cfg)
     started = time.perf_counter()
@@ -119,17 +120,36 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
         tracked_run(cfg.tracking, "rl", run_id=run_dir.state["run_id"]) as run,
     ):
         _check_gpus(cfg, resources)
-        _record_run(run_dir, run, cfg)
+        _record_run(run_dir, run, cfg, example)
         with start_workers(cfg, layout.metrics, run) as workers:
             checkpoint = fit(cfg, layout, workers, rows, eval_rows, progress, callbacks)
             records = workers.records()
         return finalize(cfg, layout, run_dir, run, checkpoint, records, started)
 
 
-def _record_run(run_dir: RunDir, run: Run, cfg: RLConfig) -> None:
-    """A new run logs its config; a resumed one continues its MLflow run (the id is in run.json)."""
+def _render_prompts(cfg: RLConfig, rows: list[dict], eval_rows: list[dict], show: bool):
+    """Every row with `prompt_ids`, its prompt as the policy sees it (rayrejuv.data.chat), rendered
+    once here before Ray starts (a template problem fails at once); and the first one as text."""
+    from rayrejuv.data.chat import encode_prompt, print_rendered, rendered_text
+    from rayrejuv.models.loading import load_tokenizer
+
+    tok, mode = load_tokenizer(Checkpoint(cfg.model, role="policy")), cfg.chat_template
+
+    def encoded(rs: list[dict]) -> list[dict]:
+        return [r | {"prompt_ids": encode_prompt(tok, r["prompt"], mode)} for r in rs]
+
+    rows, eval_rows = encoded(rows), encoded(eval_rows)
+    example = rendered_text(tok, {"prompt": rows[0]["prompt"]}, mode)
+    if show:
+        print_rendered(example, mode, "RL training")
+    return rows, eval_rows, example
+
+
+def _record_run(run_dir: RunDir, run: Run, cfg: RLConfig, example: str) -> None:
+    """A new run logs its config and what the model sees (its first prompt, rendered); a resumed
+    one continues its MLflow run (the id is in run.json)."""
     if run_dir.state["run_id"] is None:
-        run.log_params(cfg.model_dump(mode="json"))
+        run.log_params(cfg.model_dump(mode="json") | {"rendered_prompt": example})
     run_dir.state["run_id"] = run.run_id
     run_dir.save()
 

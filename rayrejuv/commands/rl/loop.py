@@ -70,7 +70,7 @@ class Experience:
         t0 = time.perf_counter()
         s = Sampling(n=g.group_size, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
                      seed=self.cfg.seed * 1_000_003 + step)
-        batch = self.rollouts.generate([r["prompt"] for r in rows], s, self.pad_id)
+        batch = self.rollouts.generate([r["prompt_ids"] for r in rows], s, self.pad_id)  # rendered by the driver
         seconds = time.perf_counter() - t0
         self.rollouts.sleep()
         lengths = batch.completion_mask.sum(1).float()
@@ -114,7 +114,7 @@ class Experience:
         if not self.eval_rows:
             return {}
         cfg, g = self.cfg, self.cfg.grpo
-        prompts = [r["prompt"] for r in self.eval_rows]
+        prompts = [r["prompt_ids"] for r in self.eval_rows]
         greedy = self.rollouts.complete(prompts, Sampling(1, 0.0, g.max_new_tokens, cfg.seed))
         k = cfg.eval_k
         samples = self.rollouts.complete(prompts, Sampling(k, g.temperature, g.max_new_tokens, cfg.seed + step + 1))

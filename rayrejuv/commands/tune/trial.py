@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from rayrejuv.commands.rl.driver import RunLayout
 from rayrejuv.commands.tune.config import TuneConfig
+from rayrejuv.config.prompts import ChatTemplate
 from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.runs.tracking import tracked_run
@@ -123,7 +124,7 @@ def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tup
     reporter = ProbeReport(layout, cfg.probe.report_every, cfg.objective, started)
     summary = run_rl(probe, progress=False, callbacks=[reporter])
     curve = ProbeCurve.read(layout, cfg.probe.report_every, through=probe.steps)
-    evals = evaluate(cfg, summary.final_checkpoint, probe.grpo.max_new_tokens)
+    evals = evaluate(cfg, summary.final_checkpoint, probe.grpo.max_new_tokens, probe.chat_template)
     result = {
         "objective": OBJECTIVES[cfg.objective].final(curve, evals, cfg.ood_weight),
         **evals,
@@ -137,15 +138,17 @@ def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tup
     return result, {r["step"]: r["reward/mean"] for r in layout.records() if "reward/mean" in r}
 
 
-def evaluate(cfg: TuneConfig, model: Path, max_new_tokens: int) -> dict[str, float]:
-    """Greedy pass@1 of the probed model on the ID (and OOD) eval sets."""
+def evaluate(cfg: TuneConfig, model: Path, max_new_tokens: int, chat_template: ChatTemplate) -> dict[str, float]:
+    """Greedy pass@1 of the probed model on the ID (and OOD) eval sets, their prompts rendered as
+    the probe's RL prompts are (probe.rl.chat_template)."""
     sets = {"eval/id_pass_at_1": cfg.eval_data}
     if cfg.ood_data is not None:
         sets["eval/ood_pass_at_1"] = cfg.ood_data
-    return {key: _greedy_pass_at_1(model, data, cfg.eval_examples, max_new_tokens) for key, data in sets.items()}
+    return {key: _greedy_pass_at_1(model, data, cfg.eval_examples, max_new_tokens, chat_template)
+            for key, data in sets.items()}
 
 
-def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) -> float:
+def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int, chat_template: ChatTemplate) -> float:
     import torch
 
     from rayrejuv.data.jsonl import read_jsonl
@@ -156,4 +159,4 @@ def _greedy_pass_at_1(model_dir: Path, data: Path, n: int, max_new_tokens: int) 
     rows = read_jsonl(data, ("prompt", "answer"), "eval data")[:n]
     ckpt = Checkpoint(model_dir, role="probed")
     model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
-    return greedy_pass_at_1(model, tok, rows, max_new_tokens, batch_size=32)
+    return greedy_pass_at_1(model, tok, rows, max_new_tokens, chat_template, batch_size=32)
