@@ -288,3 +288,84 @@ def test_one_chat_template_field_everywhere_prompts_are_read():
     assert tune.rejuvenate_config({}, tune.out).chat_template == "never"
     assert tune.probe.rl_config(tune.sft, tune.train_data, tune.out, 0).chat_template == "always"
     assert DemoConfig(rejuvenation={"chat_template": "never"}).rejuvenation.chat_template == "never"
+
+
+# ------------------------------------------------------------------ through the commands
+
+
+@pytest.fixture
+def templated_pair(make_pair, smol):
+    """A tiny llama pair whose saved tokenizer is `smol` (the weights' vocabulary covers its ids)."""
+    base, sft = make_pair("llama")
+    for d in (base, sft):
+        smol.save_pretrained(d)
+    return base, sft
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rejuvenate_calibrates_on_conversational_rows(tmp_path, templated_pair, smol, capsys):
+    from conftest import rejuv_config
+
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
+    from rayrejuv.io.checkpoint import Checkpoint
+    from rayrejuv.rejuvenation.reset_search import calibration_batches
+
+    base, sft = templated_pair
+    cal = _jsonl(tmp_path / "cal.jsonl", [{"prompt": MESSAGES, "response": "5"},
+                                          {"prompt": [{"role": "user", "content": "1+1?"}], "response": "2"}])
+    cfg = rejuv_config(base, sft, tmp_path / "out", calibration=cal, reset_ratio=0.05)
+    (batch,) = calibration_batches(cfg, Checkpoint(sft))
+    assert tokens(smol, batch.input_ids[0].tolist()) == SMOL_PROMPT + ["5", "<|im_end|>", "\n"]
+    assert int(batch.response_mask.sum()) == 3 + 3  # "5" / "2", <|im_end|>, "\n" of each row
+    report = rejuvenate(cfg, progress=True)
+    assert report["calibration_example"] == "".join(SMOL_PROMPT) + "5<|im_end|>\n"
+    assert report["attribution"]["examples"] == 2 and report["reset_count"] > 0
+    err = capsys.readouterr().err
+    assert "what the model sees (first calibration row, chat_template: auto):\n  | <|im_start|>system" in err
+    assert "WARNING" not in err
+
+
+def test_rejuvenate_refuses_conversational_rows_without_a_template(tmp_path, make_pair):
+    from conftest import rejuv_config
+
+    from rayrejuv.commands.rejuvenate.driver import rejuvenate
+
+    base, sft = make_pair("llama")  # the testbed's character tokenizer: no template
+    cal = _jsonl(tmp_path / "cal.jsonl", [{"prompt": MESSAGES, "response": "5"}])
+    with pytest.raises(RejuvError, match="has no chat template"):
+        rejuvenate(rejuv_config(base, sft, tmp_path / "out", calibration=cal), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_diagnose_renders_conversational_rows(tmp_path, templated_pair, capsys):
+    from rayrejuv.commands.diagnose.config import DiagnoseConfig
+    from rayrejuv.commands.diagnose.driver import diagnose
+
+    base, sft = templated_pair
+    data = _jsonl(tmp_path / "d.jsonl", [{"prompt": MESSAGES, "response": "5", "answer": "5"},
+                                         {"prompt": QUESTION, "response": "5", "answer": "5"}])
+    cfg = DiagnoseConfig(base=base, sft=[sft], data=data, out=tmp_path / "diag", k=2, max_new_tokens=3,
+                         include_base=False, heatmaps=0, chat_template="always", tracking={"enabled": False})
+    (row,) = diagnose(cfg, progress=True).rows
+    assert row.sft_loss is not None and row.pass_at_1 is not None
+    err = capsys.readouterr().err
+    assert "what the model sees (first diagnose row, chat_template: always):\n  | <|im_start|>system" in err
+    assert "WARNING" not in err  # always: the plain row is rendered too
+
+
+def test_rl_renders_every_prompt_once_before_ray(tmp_path, templated_pair, smol, capsys):
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import _render_prompts
+
+    _, sft = templated_pair
+    rows = [{"prompt": MESSAGES, "answer": "5"}, {"prompt": QUESTION, "answer": "5"}]
+    cfg = RLConfig(model=sft, train_data=tmp_path / "t.jsonl", out=tmp_path / "rl")
+    got, evals, example = _render_prompts(cfg, rows, rows[1:], show=True)
+    assert [tokens(smol, r["prompt_ids"]) for r in got] == [SMOL_PROMPT, list(QUESTION)]
+    assert evals[0]["prompt_ids"] == got[1]["prompt_ids"] and example == "".join(SMOL_PROMPT)
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "first RL training row, chat_template: auto" in err
