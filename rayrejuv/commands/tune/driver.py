@@ -80,18 +80,41 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
     paths = ("base", "sft", "calibration", "train_data", "eval_data", "out", "ood_data")
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in paths if getattr(cfg, k) is not None})
     search = claim_search(cfg)
+    examples = rendered_examples(cfg, progress)
     t0 = time.perf_counter()
     with ray_session(cfg.ray.address, cfg.cpu_demand()), tracked_run(
         cfg.tracking, "tune", run_id=search.state["run_id"]
     ) as run:
         if search.state["run_id"] is None:
-            run.log_params(cfg.model_dump(mode="json"))
+            run.log_params(cfg.model_dump(mode="json") | examples)
         search.state["run_id"] = run.run_id
         search.save()
         grid = tuner(cfg, run.child(cfg.tracking, "trial"), progress).fit()
         run.kill_running_children()  # trials ASHA stopped were killed inside their MLflow run
         board = ranked([TrialRow.of_result(r, list(cfg.space)) for r in grid])
         return finish(cfg, board, run, time.perf_counter() - t0)
+
+
+def rendered_examples(cfg: TuneConfig, show: bool) -> dict[str, str]:
+    """What the SFT model sees, before Ray starts (a template problem fails here): the first
+    calibration row (as the trials' rejuvenation renders it) and the first RL prompt (as the probe
+    and the evaluation do), printed when `show`, for the search's MLflow params."""
+    from rayrejuv.data.calibration import first_rendered
+    from rayrejuv.data.chat import print_rendered, rendered_text
+    from rayrejuv.data.jsonl import read_jsonl
+    from rayrejuv.io.checkpoint import Checkpoint
+    from rayrejuv.models.loading import load_tokenizer
+
+    tok = load_tokenizer(Checkpoint(cfg.sft, role="SFT"))
+    calibration = cfg.rejuvenate_config({}, cfg.out).chat_template
+    rl = cfg.probe.rl_config(cfg.sft, cfg.train_data, cfg.out, cfg.seed).chat_template
+    prompt = read_jsonl(cfg.train_data, ("prompt", "answer"), "RL training data")[0]["prompt"]
+    examples = {"rendered_calibration": first_rendered(cfg.calibration, tok, calibration),
+                "rendered_prompt": rendered_text(tok, {"prompt": prompt}, rl)}
+    if show:
+        print_rendered(examples["rendered_calibration"], calibration, "calibration")
+        print_rendered(examples["rendered_prompt"], rl, "RL training")
+    return examples
 
 
 def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool):
