@@ -369,3 +369,21 @@ def test_rl_renders_every_prompt_once_before_ray(tmp_path, templated_pair, smol,
     assert evals[0]["prompt_ids"] == got[1]["prompt_ids"] and example == "".join(SMOL_PROMPT)
     err = capsys.readouterr().err
     assert err.count("WARNING") == 1 and "first RL training row, chat_template: auto" in err
+
+
+def test_tune_shows_both_renderings_before_ray(tmp_path, templated_pair, capsys):
+    from rayrejuv.commands.tune.config import TuneConfig
+    from rayrejuv.commands.tune.driver import rendered_examples
+
+    base, sft = templated_pair
+    cal = _jsonl(tmp_path / "cal.jsonl", [{"prompt": QUESTION, "response": "5"}])
+    train = _jsonl(tmp_path / "rl.jsonl", [{"prompt": MESSAGES, "answer": "5"}])
+    cfg = TuneConfig(base=base, sft=sft, calibration=cal, train_data=train, eval_data=train, out=tmp_path / "t",
+                     fixed={"chat_template": "always"})
+    assert rendered_examples(cfg, show=True) == {"rendered_calibration": "".join(SMOL_PROMPT) + "5<|im_end|>\n",
+                                                 "rendered_prompt": "".join(SMOL_PROMPT)}
+    err = capsys.readouterr().err
+    assert "first calibration row, chat_template: always" in err and "first RL training row, chat_template: auto" in err
+    bare = TuneConfig(base=base, sft=sft, calibration=cal, train_data=train, eval_data=train, out=tmp_path / "t")
+    assert rendered_examples(bare, show=False)["rendered_calibration"] == QUESTION + "5<|im_end|>"  # plain + EOS
+    assert capsys.readouterr().err.count("WARNING") == 1  # auto on a plain calibration row
