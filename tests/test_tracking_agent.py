@@ -6,6 +6,7 @@ import os
 import signal
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -66,7 +67,8 @@ def test_two_commands_share_one_agent_and_each_run_is_committed_before_finish_re
     uri = f"sqlite:///{private_tmp / 'mlflow.db'}"
     tracking = TrackingConfig(uri=uri, experiment="agent", agent_idle_s=30)
     first = SideRun.start(tracking, "first", {"alpha": 0.5})
-    first.finish({"reset_count": 3.0}, [])
+    (private_tmp / "report.json").write_text("{}")
+    first.finish({"reset_count": 3.0}, [private_tmp / "report.json"])
     pid = _agent_pid(socket_path(uri))
     second = SideRun.start(tracking.model_copy(update={"experiment": "other"}), "second", {"alpha": 0.7})
     second.finish({"reset_count": 4.0}, [])
@@ -75,6 +77,10 @@ def test_two_commands_share_one_agent_and_each_run_is_committed_before_finish_re
     runs = _runs(uri, "agent")
     assert set(runs) == {"first"} and runs["first"].info.status == "FINISHED"
     assert runs["first"].data.params["alpha"] == "0.5" and runs["first"].data.metrics["reset_count"] == 3.0
+    # artifacts beside the store (the agent runs in its directory), not in whichever cwd started it
+    assert runs["first"].info.artifact_uri.startswith(str(private_tmp / "mlruns"))
+    assert (private_tmp / "mlruns").is_dir() and not (Path.cwd() / "mlruns" / runs["first"].info.experiment_id /
+                                                       runs["first"].info.run_id).exists()
     other = _runs(uri, "other")
     assert other["second"].data.params["alpha"] == "0.7" and other["second"].info.status == "FINISHED"
 

@@ -7,7 +7,8 @@ Unix socket only its user can reach (`$TMPDIR/rayrejuv-<uid>/`, mode 0700; no ne
 named by the store's URI and a hash of this code, so a changed rayrejuv never talks to an agent
 that runs older code. Each connection is one run (side_run.log_side_run in a thread); the agent
 answers `{"ok": true}` or the error once the run is ended, so a command returns only when its run
-is committed. Its own output goes to `<socket>.log`.
+is committed. Its own output goes to `<socket>.log`; it runs in the store's directory, where MLflow
+puts the artifacts (`./mlruns`) as it would for the default store of a command run there.
 
     command                                   agent (python -P -m rayrejuv.runs.agent SOCK URI IDLE)
     AgentLogger(uri): connect, or spawn ---->  bind, listen, import mlflow, open the store
@@ -94,7 +95,7 @@ class AgentLogger:
         log = open(f"{self.path}.log", "a")
         agent = subprocess.Popen(  # its own session: it outlives this command and its Ctrl-C
             [sys.executable, "-P", "-m", __name__, str(self.path), self.uri, str(self.idle_s)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=_store_dir(self.uri))
         log.close()
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
@@ -203,6 +204,17 @@ def _warm_up(uri: str) -> None:
 
     mlflow.set_tracking_uri(uri)
     mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _store_dir(uri: str) -> Path:
+    """The agent's working directory: a sqlite store's directory (its nearest existing one), where
+    MLflow puts the store's artifacts (`./mlruns`), as it does for the default store of a command
+    run there; whichever command started the agent, a store keeps its artifacts beside it."""
+    prefix = "sqlite:///"
+    directory = Path(uri[len(prefix) :]).parent if uri.startswith(prefix) else Path.cwd()
+    while not directory.is_dir():
+        directory = directory.parent
+    return directory
 
 
 def _inode(path: Path) -> int | None:
