@@ -1,8 +1,11 @@
 """RL memory that scales with the model (issue 14 item 7): sampling log-probs recorded step by step,
 checkpoints in the start's dtype, rollout and reference actors in the checkpoint's dtype."""
 
+import json
+
 import pytest
 import torch
+from conftest import load_tensors
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -33,3 +36,156 @@ def test_sampling_logprobs_recorded_per_step_equal_generates_stacked_scores(make
     want = torch.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1) * r.completion_mask
     assert torch.equal(r.completion_ids, completion)
     torch.testing.assert_close(r.logprobs, want, rtol=0, atol=1e-7)
+
+
+def _batch(n: int, P: int, T: int, vocab: int, seed: int):
+    from rayrejuv.models.rollout import Rollout
+
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, T, dtype=torch.long)
+    mask[0, T - 2 :] = 0
+    return Rollout(
+        prompt_ids=torch.randint(4, vocab, (n, P), generator=g),
+        prompt_mask=torch.ones(n, P, dtype=torch.long),
+        completion_ids=torch.randint(4, vocab, (n, T), generator=g),
+        completion_mask=mask,
+        logprobs=-torch.rand(n, T, generator=g) * mask,
+        advantages=torch.randn(n, generator=g),
+        ref_logprobs=-torch.rand(n, T, generator=g) * mask,
+    )
+
+
+def _learner(model_dir, **learner):
+    from transformers import AutoModelForCausalLM
+
+    from rayrejuv.config.rl import GRPOConfig, LearnerConfig
+    from rayrejuv.distributed.learner import Learner
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    grpo = GRPOConfig(micro_batch_size=3, lr=1e-2, beta=0.05, logprob_chunk_size=5)
+    return Learner(model, grpo, LearnerConfig(**learner), torch.device("cpu"))
+
+
+def test_gradient_checkpointing_takes_the_same_step(make_pair):
+    """The default learner (activations recomputed in the backward) moves the weights as one that
+    keeps them, within float noise."""
+    _, sft = make_pair("qwen3", tie_sft=True)
+    batch = _batch(6, 4, 7, 60, seed=0)
+    steps = {}
+    for on in (False, True):
+        learner = _learner(sft, gradient_checkpointing=on)
+        stats = learner.update(batch)
+        steps[on] = (stats, {k: v.clone() for k, v in learner.weights().items()})
+    assert steps[True][0]["policy/update_norm"] > 1e-3
+    for k, w in steps[False][1].items():
+        torch.testing.assert_close(steps[True][1][k], w, rtol=0, atol=1e-6)
+
+
+def test_bf16_start_saves_bf16_checkpoints_and_resumes_at_full_precision(make_pair, tokenizer, tmp_path):
+    """learner.save_dtype bfloat16 (what `auto` resolves to for a bf16 start): model/ in bf16 (config
+    too), loadable, equal to the learner's float32 weights cast; the float32 parameters beside it,
+    so Learner.load continues from exactly the weights it saved."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    _, sft = make_pair("llama", tie_sft=True, dtype=torch.bfloat16)
+    learner = _learner(sft, save_dtype="bfloat16")
+    learner.update(_batch(6, 4, 7, 60, seed=1))
+    learner.save(tmp_path, tokenizer)
+    weights = learner.weights()
+    saved = load_tensors(tmp_path / "model")
+    assert {str(v.dtype) for v in saved.values()} == {"torch.bfloat16"}
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    for k, w in weights.items():
+        assert w.dtype == torch.float32 and torch.equal(saved[k], w.to(torch.bfloat16)), k
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # the config's dtype
+    assert loaded.dtype == torch.bfloat16 and loaded.config.tie_word_embeddings
+    master = load_file(tmp_path / "weights.safetensors")
+    assert all(torch.equal(master[k], w) for k, w in weights.items())
+
+    resumed = _learner(sft, save_dtype="bfloat16")
+    resumed.load(tmp_path)
+    assert all(torch.equal(resumed.weights()[k], w) for k, w in weights.items())
+    assert all(torch.equal(p.detach(), weights[k]) for k, p in resumed.module.named_parameters())
+
+
+def test_same_dtype_checkpoint_has_no_second_copy(make_pair, tokenizer, tmp_path):
+    _, sft = make_pair("qwen3")
+    learner = _learner(sft, save_dtype="float32")
+    learner.save(tmp_path, tokenizer)
+    assert not (tmp_path / "weights.safetensors").exists()
+    saved = load_tensors(tmp_path / "model")
+    assert all(torch.equal(saved[k], w) for k, w in learner.weights().items())
+
+
+def test_auto_dtypes_resolve_to_the_start_checkpoint(make_pair, tmp_path):
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import start_dtype
+    from rayrejuv.io.checkpoint import Checkpoint
+
+    _, bf16 = make_pair("qwen3", tie_sft=True, dtype=torch.bfloat16)
+    base = {"model": bf16, "train_data": tmp_path / "t.jsonl", "out": tmp_path / "o"}
+    with Checkpoint(bf16) as ckpt:
+        start = start_dtype(ckpt)
+    assert start == "bfloat16"
+    cfg = RLConfig(**base).with_start_dtype(start)
+    assert (cfg.rollout.dtype, cfg.learner.save_dtype, cfg.learner.dtype) == ("bfloat16", "bfloat16", "float32")
+    chosen = RLConfig(**base, rollout={"dtype": "float32"}, learner={"save_dtype": "float16"}).with_start_dtype(start)
+    assert (chosen.rollout.dtype, chosen.learner.save_dtype) == ("float32", "float16")
+
+
+def test_weights_travel_through_the_store_without_a_pickled_copy():
+    """SharedWeights pickles each tensor as an out-of-band buffer (Ray writes those straight into
+    the object store and maps them on get) and unpickles as the same tensors."""
+    import pickle
+
+    from rayrejuv.distributed.rollout_group import SharedWeights
+
+    state = {"w": torch.randn(64, 32).to(torch.bfloat16), "b": torch.randn(7), "t": torch.randn(4, 6)[:, :3]}
+    buffers = []
+    data = pickle.dumps(SharedWeights(state), protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 3 and len(data) < 1000  # the bytes are in the buffers, not the pickle
+    out = pickle.loads(data, buffers=buffers)
+    assert type(out) is dict and out.keys() == state.keys()
+    for k, v in state.items():
+        assert out[k].dtype == v.dtype and torch.equal(out[k], v)
+
+
+def test_rl_from_a_bf16_start_keeps_bf16_and_the_actors_in_it(tmp_path):
+    """A 2-step `rl` run from a bf16 checkpoint: rollout and reference actors in bf16 (rollout.dtype
+    auto), the intermediate and final checkpoints in bf16 and equal to the learner's float32
+    parameters cast (saved beside them), the sampling log-probs close to the learner's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import run_rl
+    from rayrejuv.testbed.adder import build_adder
+
+    torch.set_num_threads(1)
+    try:
+        adder = build_adder(tmp_path / "adder", sft_epochs=1, max_n=3)
+    finally:
+        torch.set_num_threads(2)
+    start = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(adder["model"], dtype=torch.bfloat16).save_pretrained(start)
+    AutoTokenizer.from_pretrained(adder["model"]).save_pretrained(start)
+    out = tmp_path / "run"
+    cfg = RLConfig(model=start, train_data=adder["train"], out=out, steps=2, eval_every=0, checkpoint_every=1,
+                   grpo={"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4, "lr": 1e-3, "beta": 0.01},
+                   tracking={"enabled": False})
+    run_rl(cfg, progress=False)
+    resolved = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert resolved["rollout"]["dtype"] == "bfloat16" and resolved["learner"]["save_dtype"] == "bfloat16"
+    final = load_tensors(out / "final")
+    assert {str(v.dtype) for v in final.values()} == {"torch.bfloat16"}
+    checkpoints = sorted(p for p in (out / "ray" / "grpo").glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == 2
+    for ckpt in checkpoints:
+        model, master = load_tensors(ckpt / "model"), load_tensors(ckpt)  # ckpt/weights.safetensors: float32
+        assert {str(v.dtype) for v in model.values()} == {"torch.bfloat16"}
+        assert all(master[k].dtype == torch.float32 and torch.equal(model[k], master[k].to(torch.bfloat16))
+                   for k in master)
+    assert all(torch.equal(final[k], v) for k, v in load_tensors(checkpoints[-1] / "model").items())
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["rollout/logprob_abs_diff"] for r in steps) < 0.05  # bf16 sampling vs the float32 learner

@@ -37,7 +37,9 @@ class RolloutConfig(Config):
         None, ge=0, description="GPUs of the KL reference actor (it runs on `device`); default gpus_per_worker on cuda"
     )
     device: str = Field("cpu", description="device of the hf backend (cpu, cuda)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf backend compute dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the hf backend and of the KL reference; auto: the starting checkpoint's"
+    )
     batch_size: int = Field(64, ge=1, description="hf backend: prompts per generate call")
     max_restarts: int = Field(3, ge=0, description="restarts of a crashed rollout actor; its prompts are redone")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
@@ -67,6 +69,10 @@ class GRPOConfig(Config):
     updates_per_batch: int = Field(1, ge=1, description="policy updates (epochs) on each batch of rollouts")
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch over the batch")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward/backward on a learner worker")
+    logprob_chunk_size: int = Field(
+        256, ge=1, description="completion tokens per LM-head chunk when the learner and the reference compute "
+        "log-probs: at most (chunk, vocab) float32 logits exist at once, never (micro batch x length, vocab)"
+    )
 
 
 class LearnerConfig(Config):
@@ -81,6 +87,13 @@ class LearnerConfig(Config):
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per learner worker")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="learner parameter dtype")
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the saved model (checkpoints and final/); auto: the starting checkpoint's"
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="recompute each layer's activations in the backward (TRL's GRPO default): activation "
+        "memory of one layer instead of all"
+    )
 
     def resolved_engine(self) -> Literal["ddp", "deepspeed"]:
         """The engine that trains: `auto` is DeepSpeed on GPUs, torch DDP (gloo) on CPU."""

@@ -3,21 +3,29 @@
 Every worker receives the same global batch and trains on its own contiguous rows. Losses are
 normalised by counts of the *global* minibatch (tokens or sequences) times the world size, so
 after the engines average gradients over ranks, 1 worker and W workers take the same step.
+
+Memory: the engine wraps a CompletionScorer (log-probs with the LM head a chunk of tokens at a
+time, never the (n, P+T, V) logits), the model's layers recompute their activations in the
+backward (gradient checkpointing, on by default as in TRL's GRPO), and one copy of the weights
+on CPU serves the update norm, the rollout sync and the checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig
-from rayrejuv.method.entropy import token_entropy
 from rayrejuv.method.grpo import grpo_loss
-from rayrejuv.models.logprobs import completion_logits, token_logprobs
+from rayrejuv.models.loading import DTYPES
+from rayrejuv.models.logprobs import CompletionScorer, score_completions
 from rayrejuv.models.rollout import Rollout
 
 
@@ -76,14 +84,14 @@ class DDPEngine:
 
     name = "ddp"
 
-    def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
-        self.module = model
-        self.model = (
-            torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    def __init__(self, scorer: CompletionScorer, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
+        self.module = scorer.lm  # the HF model: its parameters are saved and synced
+        self.model = (  # what the learner calls
+            torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[device] if device.type == "cuda" else None)
             if _world() > 1
-            else model
+            else scorer
         )
-        self.opt = torch.optim.AdamW(model.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
+        self.opt = torch.optim.AdamW(scorer.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
         self.max_grad_norm = grpo.max_grad_norm
 
     def no_sync(self, last: bool):
@@ -101,8 +109,9 @@ class DDPEngine:
         self.opt.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def full_weights(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().to("cpu", copy=True) for k, p in self.module.named_parameters()}
+    def full_weights(self) -> contextlib.AbstractContextManager[dict[str, torch.Tensor]]:
+        """The full parameters (detached, on their device) while the context lasts."""
+        return contextlib.nullcontext({k: p.detach() for k, p in self.module.named_parameters()})
 
     def save(self, directory: Path) -> None:
         if _rank() == 0:
@@ -117,7 +126,7 @@ class DeepSpeedEngine:
 
     name = "deepspeed"
 
-    def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
+    def __init__(self, scorer: CompletionScorer, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
         import deepspeed
 
         self._ds = deepspeed
@@ -131,9 +140,9 @@ class DeepSpeedEngine:
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
-        opt = torch.optim.AdamW(model.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
-        self.engine, self.opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
-        self.module = self.engine.module
+        opt = torch.optim.AdamW(scorer.parameters(), lr=grpo.lr, weight_decay=grpo.weight_decay)
+        self.engine, self.opt, _, _ = deepspeed.initialize(model=scorer, optimizer=opt, config=config)
+        self.module = self.engine.module.lm
         self.model = self.engine
 
     def no_sync(self, last: bool):
@@ -149,12 +158,14 @@ class DeepSpeedEngine:
         self.engine.step()
         return float(self.engine.get_global_grad_norm() or 0.0)
 
-    def full_weights(self) -> dict[str, torch.Tensor]:
-        """Gathered on every rank (ZeRO-3 partitions parameters; this is a collective)."""
+    @contextlib.contextmanager
+    def full_weights(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The full parameters while the context lasts, gathered on every rank (ZeRO-3 partitions
+        them; this is a collective)."""
         params = list(self.module.named_parameters())
         ctx = self._ds.zero.GatheredParameters([p for _, p in params]) if self.stage == 3 else contextlib.nullcontext()
         with ctx:
-            return {k: p.detach().to("cpu", copy=True) for k, p in params}
+            yield {k: p.detach() for k, p in params}
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False)
@@ -164,15 +175,22 @@ class DeepSpeedEngine:
 
 
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+MASTER = "weights.safetensors"  # a learner checkpoint's full-precision parameters, when model/ rounds them
 
 
 class Learner:
     def __init__(self, model: torch.nn.Module, grpo: GRPOConfig, learner: LearnerConfig, device: torch.device):
-        self.cfg = grpo
+        self.cfg, self.learner_cfg = grpo, learner
         self.device = device
+        if learner.gradient_checkpointing:
+            with warnings.catch_warnings():  # renamed activation_checkpointing_enable in transformers 5.2x
+                warnings.simplefilter("ignore", FutureWarning)
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.to(device).train()
-        self.engine = ENGINES[learner.resolved_engine()](model, grpo, learner, device)
-        self._last_weights = self.engine.full_weights()
+        scorer = CompletionScorer(model, grpo.logprob_chunk_size)
+        self.engine = ENGINES[learner.resolved_engine()](scorer, grpo, learner, device)
+        with self.engine.full_weights() as full:  # the one CPU copy: update norm, rollout sync, checkpoints
+            self._last_weights = {k: p.to("cpu", copy=True) for k, p in full.items()}
 
     @property
     def module(self) -> torch.nn.Module:
@@ -193,12 +211,11 @@ class Learner:
         meter, parts = Meter(), []
         self.module.eval()
         for mb in self._micro(batch):
-            logits = completion_logits(self.engine.model, mb, self.cfg.temperature)  # (n, T, V)
-            logp = token_logprobs(logits, mb)
+            logp, entropy = score_completions(self.engine.model, mb, self.cfg.temperature)  # (n, T) each
             m = mb.completion_mask.bool()
             tokens = float(m.sum())
             if tokens:
-                meter.add("policy/entropy", float(token_entropy(logits)[m].mean()), tokens)
+                meter.add("policy/entropy", float(entropy[m].mean()), tokens)
                 # the rollout engine's log-probs of the same tokens: equal up to numerics after a sync
                 meter.add("rollout/logprob_abs_diff", float((logp - mb.logprobs.to(logp))[m].abs().mean()), tokens)
             parts.append(logp.cpu())
@@ -221,59 +238,95 @@ class Learner:
             meter.merge(m)
         for _ in range(g.updates_per_batch):
             for mb, mb_old in zip(minibatches, old):
-                count = float(mb.completion_mask.sum()) if g.aggregation == "token_mean" else float(len(mb))
-                denominator = _global_sum(count) / _world()  # the engine's mean over ranks divides back out
-                micros = self._micro(mb)
-                start = 0
-                for i, micro in enumerate(micros):
-                    n = len(micro)
-                    with self.engine.no_sync(last=i == len(micros) - 1):
-                        logp = token_logprobs(completion_logits(self.engine.model, micro, g.temperature), micro)
-                        loss, stats = grpo_loss(
-                            logp,
-                            mb_old[start : start + n].to(self.device),
-                            micro.advantages.to(logp),
-                            micro.completion_mask,
-                            epsilon=g.epsilon,
-                            epsilon_high=g.epsilon_high,
-                            beta=g.beta,
-                            logp_ref=None if micro.ref_logprobs is None else micro.ref_logprobs.to(logp),
-                            kl_kind=g.kl_estimator,
-                            aggregation=g.aggregation,
-                            denominator=denominator,
-                        )
-                        self.engine.backward(loss)
-                    start += n
-                    tokens = float(micro.completion_mask.sum())
-                    for name, value in (("policy/kl", stats.kl), ("policy/clip_fraction", stats.clip_fraction),
-                                        ("policy/ratio_mean", stats.ratio_mean), ("policy/pg_loss", stats.pg_loss)):
-                        meter.add(name, value, tokens)
+                self._train_minibatch(mb, mb_old, meter)
                 meter.add("policy/grad_norm", self.engine.step())
         metrics = meter.reduce()
-        weights = self.engine.full_weights()
-        metrics["policy/update_norm"] = math.sqrt(
-            sum(float((weights[k].float() - self._last_weights[k].float()).pow(2).sum()) for k in weights)
-        )
-        self._last_weights = weights
+        metrics["policy/update_norm"] = self._refresh_weights()
         return metrics
+
+    def _train_minibatch(self, mb: Rollout, mb_old: torch.Tensor, meter: Meter) -> None:
+        """Accumulate the gradient of the minibatch's loss, one micro-batch at a time."""
+        g = self.cfg
+        count = float(mb.completion_mask.sum()) if g.aggregation == "token_mean" else float(len(mb))
+        denominator = _global_sum(count) / _world()  # the engine's mean over ranks divides back out
+        micros = self._micro(mb)
+        start = 0
+        for i, micro in enumerate(micros):
+            n = len(micro)
+            with self.engine.no_sync(last=i == len(micros) - 1):
+                logp, _ = score_completions(self.engine.model, micro, g.temperature)
+                loss, stats = grpo_loss(
+                    logp,
+                    mb_old[start : start + n].to(self.device),
+                    micro.advantages.to(logp),
+                    micro.completion_mask,
+                    epsilon=g.epsilon,
+                    epsilon_high=g.epsilon_high,
+                    beta=g.beta,
+                    logp_ref=None if micro.ref_logprobs is None else micro.ref_logprobs.to(logp),
+                    kl_kind=g.kl_estimator,
+                    aggregation=g.aggregation,
+                    denominator=denominator,
+                )
+                self.engine.backward(loss)
+            start += n
+            tokens = float(micro.completion_mask.sum())
+            for name, value in (("policy/kl", stats.kl), ("policy/clip_fraction", stats.clip_fraction),
+                                ("policy/ratio_mean", stats.ratio_mean), ("policy/pg_loss", stats.pg_loss)):
+                meter.add(name, value, tokens)
+
+    @torch.no_grad()
+    def _refresh_weights(self) -> float:
+        """Overwrite the CPU copy with the updated parameters, in place (no second copy of the
+        model), and return ||new - old||, the step's update norm."""
+        total = 0.0
+        with self.engine.full_weights() as full:
+            for k, p in full.items():
+                last = self._last_weights[k]
+                new = p.to("cpu")  # a view on CPU; one tensor's copy from an accelerator
+                total += float((new.float() - last.float()).pow(2).sum())
+                last.copy_(new)
+        return math.sqrt(total)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The full, current parameters on CPU (for the rollout workers)."""
         return self._last_weights
 
     def save(self, directory: Path, tokenizer) -> None:
-        """model/ (an HF checkpoint, rank 0) and the engine's optimizer state (per rank)."""
+        """model/ (an HF checkpoint in learner.save_dtype, rank 0), the parameters at full precision
+        when model/ rounds them (MASTER, so a resumed run continues exactly) and the engine's
+        optimizer state (per rank)."""
+        from safetensors.torch import save_file
+
+        dtype = self.learner_cfg.save_dtype
+        if dtype not in DTYPES:
+            raise ValueError(f"learner.save_dtype={dtype!r}: `rayrejuv rl` resolves 'auto' to the start's dtype")
         if _rank() == 0:
-            self.module.save_pretrained(directory / "model", state_dict=self._last_weights)
+            save_model(self.module, self._last_weights, dtype, directory / "model")
             tokenizer.save_pretrained(directory / "model")
+            if any(v.dtype != DTYPES[dtype] for v in self._last_weights.values()):
+                save_file(self._last_weights, directory / MASTER)
         self.engine.save(directory)
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
 
+        master = directory / MASTER
+        files = [master] if master.exists() else sorted((directory / "model").glob("*.safetensors"))
         state = {}
-        for f in sorted((directory / "model").glob("*.safetensors")):
+        for f in files:
             state.update(load_file(f))
-        self.module.load_state_dict(state, strict=False)
+        self.module.load_state_dict(state, strict=False)  # load_state_dict casts to the parameters' dtype
         self.engine.load(directory)
-        self._last_weights = self.engine.full_weights()
+        with self.engine.full_weights() as full:
+            for k, p in full.items():
+                self._last_weights[k].copy_(p)
+
+
+def save_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: str, target: Path) -> None:
+    """save_pretrained of `weights` cast to `dtype`, with config.json's dtype saying so
+    (save_pretrained writes the parameters' dtype there)."""
+    cast = {k: v.to(DTYPES[dtype]) for k, v in weights.items()}
+    model.save_pretrained(target, state_dict=cast)
+    config = target / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"dtype": dtype}, indent=2) + "\n")

@@ -9,37 +9,42 @@ import torch
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.models.rollout import Rollout
 
+REFERENCE_CPUS = 1.0  # what the reference actor reserves (and sizes torch's threads to)
+
 
 class ReferenceWorker:
-    def __init__(self, model_dir: str, device: str, dtype: str, threads: int, micro_batch_size: int):
+    def __init__(self, model_dir: str, device: str, dtype: str, cpus: float, micro_batch_size: int, chunk: int):
         from rayrejuv.io.checkpoint import Checkpoint
         from rayrejuv.models.loading import DTYPES, load_model, resolve_device
+        from rayrejuv.models.logprobs import CompletionScorer
+        from rayrejuv.runs.resources import set_torch_threads
 
-        torch.set_num_threads(max(1, threads))
+        set_torch_threads(cpus)
         self.device = resolve_device(device)
-        self.model = load_model(Checkpoint(Path(model_dir), role="reference"), DTYPES[dtype], self.device)
+        model = load_model(Checkpoint(Path(model_dir), role="reference"), DTYPES[dtype], self.device)
+        self.scorer = CompletionScorer(model, chunk)  # the LM head a chunk of tokens at a time
         self.micro = micro_batch_size
 
     @torch.no_grad()
     def logprobs(self, batch: Rollout, temperature: float) -> torch.Tensor:
         """(N, T) teacher-forced log-probs of the completions under the frozen model."""
-        from rayrejuv.models.logprobs import completion_logprobs
+        from rayrejuv.models.logprobs import score_completions
 
         parts = [
-            completion_logprobs(self.model, batch.select(slice(i, i + self.micro)).to(self.device), temperature).cpu()
+            score_completions(self.scorer, batch.select(slice(i, i + self.micro)).to(self.device), temperature)[0].cpu()
             for i in range(0, len(batch), self.micro)
         ]
-        if self.device.type == "cuda":  # free the (micro, T, V) logits' blocks for a learner sharing the GPU
+        if self.device.type == "cuda":  # free the chunks' logits blocks for a learner sharing the GPU
             torch.cuda.empty_cache()
         return torch.cat(parts)
 
 
-def start_reference(model_dir: Path, rollout: RolloutConfig, gpus: float, micro_batch_size: int):
+def start_reference(model_dir: Path, rollout: RolloutConfig, gpus: float, micro_batch_size: int, chunk: int):
     """The reference actor on the rollouts' device and dtype, outside any caller's placement group."""
     import ray
 
     return (
         ray.remote(ReferenceWorker)
-        .options(num_cpus=1.0, num_gpus=gpus, scheduling_strategy="DEFAULT")
-        .remote(str(model_dir), rollout.device, rollout.dtype, 1, micro_batch_size)
+        .options(num_cpus=REFERENCE_CPUS, num_gpus=gpus, scheduling_strategy="DEFAULT")
+        .remote(str(model_dir), rollout.device, rollout.dtype, REFERENCE_CPUS, micro_batch_size, chunk)
     )

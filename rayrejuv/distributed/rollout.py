@@ -20,12 +20,13 @@ from rayrejuv.models.rollout import Rollout, Sampling
 class HFRolloutWorker:
     """Batched transformers sampling on CPU or one GPU."""
 
-    def __init__(self, model_dir: str, cfg: dict, threads: int):
+    def __init__(self, model_dir: str, cfg: dict, threads: float):
         from rayrejuv.io.checkpoint import Checkpoint
         from rayrejuv.models.loading import DTYPES, load_model, load_tokenizer, resolve_device
+        from rayrejuv.runs.resources import set_torch_threads
 
-        torch.set_num_threads(max(1, threads))
-        self.cfg = RolloutConfig.model_validate(cfg)
+        set_torch_threads(threads)  # the CPUs this actor reserved
+        self.cfg = RolloutConfig.model_validate(cfg)  # its dtype: the start checkpoint's unless chosen
         ckpt = Checkpoint(Path(model_dir), role="policy")
         self.model = load_model(ckpt, DTYPES[self.cfg.dtype], resolve_device(self.cfg.device))
         self.tokenizer = load_tokenizer(ckpt)

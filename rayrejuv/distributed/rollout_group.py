@@ -5,11 +5,32 @@ its share of the prompts is redone."""
 from __future__ import annotations
 
 import time
+import warnings
+
+import torch
 
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_env
 from rayrejuv.distributed.partition import contiguous_ranges
 from rayrejuv.models.rollout import Rollout, Sampling
+
+
+class SharedWeights(dict):
+    """A state dict that Ray stores without pickling the tensors' bytes: each tensor travels as a
+    uint8 numpy view (pickle protocol 5 buffers, written once into the object store) and unpickles
+    as a dict of tensors on the store's memory (read-only: load them, do not write them)."""
+
+    def __reduce__(self):
+        flat = [t.detach().contiguous().reshape(-1) for t in self.values()]
+        return _unshare, (list(self), [t.view(torch.uint8).numpy() for t in flat],
+                          [str(t.dtype).removeprefix("torch.") for t in flat], [tuple(t.shape) for t in self.values()])
+
+
+def _unshare(names: list[str], buffers: list, dtypes: list[str], shapes: list[tuple]) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():  # the store's buffers are read-only; the tensors are only read
+        warnings.simplefilter("ignore", UserWarning)
+        return {n: torch.from_numpy(b).view(getattr(torch, d)).reshape(s)
+                for n, b, d, s in zip(names, buffers, dtypes, shapes)}
 
 
 class RolloutGroup:
@@ -30,7 +51,7 @@ class RolloutGroup:
                 max_restarts=cfg.max_restarts,
                 scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's)
                 runtime_env={"env_vars": hooks} if hooks else None,
-            ).remote(str(model_dir), cfg.model_dump(mode="json"), max(1, int(cfg.cpus_per_worker)))
+            ).remote(str(model_dir), cfg.model_dump(mode="json"), cfg.cpus_per_worker)
             for _ in range(cfg.workers)
         ]
         ray.get([a.policy_version.remote() for a in self.actors])  # fail here, not mid-step
@@ -84,10 +105,15 @@ class RolloutGroup:
         return [texts for part in self._map("complete", prompts, s) for texts in part]
 
     def sync(self, state_dict: dict, version: int) -> None:
-        """Every actor loads the learner's weights; kept for restarts."""
+        """Every actor loads the learner's weights, sent in the hf actors' dtype (vLLM: as given),
+        through the object store without a pickled copy (SharedWeights); kept for restarts."""
         import ray
 
-        ref = ray.put(state_dict)
+        from rayrejuv.models.loading import DTYPES
+
+        dtype = DTYPES[self.cfg.dtype] if self.cfg.backend == "hf" else None
+        self._weights = None  # the previous sync's object can go before this one is written
+        ref = ray.put(SharedWeights({k: v if dtype is None else v.to(dtype) for k, v in state_dict.items()}))
         self._weights = (ref, version)
         ray.get([a.load_weights.remote(ref, version) for a in self.actors])
 

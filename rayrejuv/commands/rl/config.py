@@ -98,6 +98,14 @@ class RLConfig(PromptFormat):
         reference = self.reference_gpus() if self.grpo.beta > 0 else 0.0
         return learner + r.workers * per_rollout + reference
 
+    def with_start_dtype(self, start: str) -> RLConfig:
+        """The config with every `auto` dtype (rollout.dtype: the rollout and reference actors';
+        learner.save_dtype: the saved model's) set to `start`, the starting checkpoint's dtype."""
+        rollout = self.rollout.model_copy(update={"dtype": start}) if self.rollout.dtype == "auto" else self.rollout
+        learner = self.learner.model_copy(update={"save_dtype": start}) if self.learner.save_dtype == "auto" else (
+            self.learner)
+        return self.model_copy(update={"rollout": rollout, "learner": learner})
+
     def fingerprint(self) -> dict:
         """What a resumed run must share with the run it continues."""
         return self.model_dump(mode="json", exclude={"overwrite", "tracking", "ray", "steps"})

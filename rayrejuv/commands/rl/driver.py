@@ -73,9 +73,17 @@ def claim(layout: RunLayout, cfg: RLConfig) -> RunDir:
     return run_dir
 
 
-def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
+def start_dtype(ckpt: Checkpoint) -> str:
+    """The starting checkpoint's dtype (its embedding's; float32 for any other float)."""
+    name = str(ckpt.meta(ckpt.spec.embed).dtype).removeprefix("torch.")
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def _check_inputs(cfg: RLConfig) -> tuple[RLConfig, list[dict], list[dict]]:
+    """The config with its `auto` dtypes resolved, the training rows and the eval rows."""
     with Checkpoint(cfg.model, role="policy") as ckpt:  # refuses pickle weights, checks every tensor is there
         ckpt.check_complete()
+        cfg = cfg.with_start_dtype(start_dtype(ckpt))
     rows = read_jsonl(cfg.train_data, ("prompt", "answer"), "RL training data")
     if len(rows) < cfg.grpo.prompts_per_step:
         raise RejuvError(
@@ -84,7 +92,7 @@ def _check_inputs(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
     eval_rows = []
     if cfg.eval_data is not None:
         eval_rows = read_jsonl(cfg.eval_data, ("prompt", "answer"), "eval data")[: cfg.eval_examples]
-    return rows, eval_rows
+    return cfg, rows, eval_rows
 
 
 def _check_gpus(cfg: RLConfig, resources: dict) -> None:
@@ -110,7 +118,7 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
 
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
-    rows, eval_rows = _check_inputs(cfg)
+    cfg, rows, eval_rows = _check_inputs(cfg)
     rows, eval_rows, example = _render_prompts(cfg, rows, eval_rows, progress)
     layout = RunLayout(cfg.out)
     run_dir = claim(layout, cfg)

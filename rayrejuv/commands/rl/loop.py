@@ -159,8 +159,10 @@ def grpo_worker(config: dict) -> None:
     from tqdm.auto import tqdm
 
     from rayrejuv.models.loading import pad_id
+    from rayrejuv.runs.resources import set_torch_threads
 
     cfg = RLConfig.model_validate(config["cfg"])
+    set_torch_threads(cfg.learner.cpus_per_worker)  # the CPUs this Ray Train worker reserved
     workers: RLWorkers = config["workers"]
     rank0 = ray.train.get_context().get_world_rank() == 0
     torch.manual_seed(cfg.seed)

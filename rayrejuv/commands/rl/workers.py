@@ -41,7 +41,9 @@ def start_workers(cfg: RLConfig, metrics: Path, run: Run) -> Iterator[RLWorkers]
     rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
     reference = None
     if cfg.grpo.beta > 0:
-        reference = start_reference(cfg.model, cfg.rollout, cfg.reference_gpus(), cfg.grpo.micro_batch_size)
+        g = cfg.grpo
+        reference = start_reference(cfg.model, cfg.rollout, cfg.reference_gpus(), g.micro_batch_size,
+                                    g.logprob_chunk_size)
     workers = RLWorkers(rollouts, reference, sink)
     try:
         yield workers
