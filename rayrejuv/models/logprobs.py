@@ -127,7 +127,8 @@ class CompletionScorer(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, completion_ids, temperature: float):
         N, T = completion_ids.shape
         P = input_ids.shape[1] - T
-        out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False)  # no KV cache of the whole sequence: nothing decodes after
         hidden = out.last_hidden_state[:, P - 1 : P + T - 1]  # (N, T, H): the states that predict the completion
         head = self.lm.get_output_embeddings()
         logp, entropy = token_logprobs_and_entropy(
