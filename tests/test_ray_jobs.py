@@ -207,12 +207,12 @@ def _check_demo_outputs(out: Path, runs) -> None:
 
     cfg = DemoConfig.model_validate({**QUICK, "out": out})
     evals = EvalSets.of(cfg, WorldLayout(out / "testbed"))
-    start = score_checkpoint(out / "oversft_rejuvenation", evals.splits(), evals.entropy_rows, 32)
+    start = score_checkpoint(out / "oversft_rejuvenation", evals.splits(), evals.entropy_rows, 32, "auto")
     row = res["rows"]["oversft_rejuvenation"]
     assert (start["id"], start["ood"]) == (row["id_before"], row["ood_before"])
     assert start["entropy"] == pytest.approx(row["entropy_before"], rel=1e-6)
     run = res["rows"]["modsft"]["per_seed"][1]
-    final = score_checkpoint(Path(run["run_dir"]) / "final", evals.splits(), evals.entropy_rows, 32)
+    final = score_checkpoint(Path(run["run_dir"]) / "final", evals.splits(), evals.entropy_rows, 32, "auto")
     assert (final["id"], final["ood"]) == (run["id_after"], run["ood_after"])
 
     parents = [r for r in runs if r.info.run_name == "demo"]
