@@ -189,3 +189,48 @@ def test_rl_from_a_bf16_start_keeps_bf16_and_the_actors_in_it(tmp_path):
     assert all(torch.equal(final[k], v) for k, v in load_tensors(checkpoints[-1] / "model").items())
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["rollout/logprob_abs_diff"] for r in steps) < 0.05  # bf16 sampling vs the float32 learner
+
+
+ZERO3 = """
+import os, sys
+import torch
+sys.path.insert(0, {tests!r})
+torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+import deepspeed
+initialize = deepspeed.initialize
+def partition_everything(**kw):  # ZeRO-3 keeps parameters under 1e5 elements whole by default
+    kw["config"]["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return initialize(**kw)
+deepspeed.initialize = partition_everything
+from test_rl_memory import _batch, _learner
+weights = {{}}
+for engine in ("ddp", "deepspeed"):
+    learner = _learner({model!r}, engine=engine, zero_stage=3)
+    if engine == "deepspeed":
+        assert learner.module.get_output_embeddings().weight.numel() == 0  # partitioned: gathered per call
+    learner.update(_batch(6, 4, 7, 60, seed=0))
+    weights[engine] = {{k: v.clone() for k, v in learner.weights().items()}}
+print(max(float((weights["ddp"][k] - weights["deepspeed"][k]).abs().max()) for k in weights["ddp"]))
+"""
+
+
+@pytest.mark.slow  # ~40 s: imports DeepSpeed in a process of its own
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_head_under_zero3_with_partitioned_weights_matches_ddp(make_pair, tie):
+    """The LM head is called per chunk (not its weight read), so ZeRO-3 gathers the partitioned
+    weight around each call: the same step as DDP."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, sft = make_pair("qwen3", tie_sft=tie)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ZERO3.format(tests=str(Path(__file__).parent), port=port, model=str(sft))
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 2e-5

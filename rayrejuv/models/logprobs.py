@@ -130,9 +130,9 @@ class CompletionScorer(torch.nn.Module):
         out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False)  # no KV cache of the whole sequence: nothing decodes after
         hidden = out.last_hidden_state[:, P - 1 : P + T - 1]  # (N, T, H): the states that predict the completion
-        head = self.lm.get_output_embeddings()
+        head = self.lm.get_output_embeddings()  # called per chunk: an engine's hooks on it run each time
         logp, entropy = token_logprobs_and_entropy(
-            hidden.reshape(N * T, -1), head.weight, completion_ids.reshape(N * T), self.chunk, temperature, head.bias
+            hidden.reshape(N * T, -1), head, completion_ids.reshape(N * T), self.chunk, temperature
         )
         return logp.view(N, T), entropy.view(N, T)
 
