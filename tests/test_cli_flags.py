@@ -26,7 +26,7 @@ TRACK = ["--tracking-uri", "--track/--no-track"]
 EXISTING_FLAGS = {
     "rejuvenate": ["--base", "--sft", "--out", "--alpha", "--reset-ratio", "--omega", "--tokens-per-example",
                    "--calibration", "--selection", "--chat-template", "--attribution-model", "--score-sign",
-                   "--fusion-only/--with-reset",
+                   "--fusion-only/--with-reset", "--reset-untouched/--skip-untouched",
                    "--device", "--dtype", "--attribution-dtype", "--batch-size", "--max-length", "--max-shard-gb",
                    "--overwrite/--no-overwrite", "--allow-pickle/--no-allow-pickle", "--resume/--no-resume",
                    "--ray/--no-ray", "--ray-address", "--workers", "--placement", *TRACK, "--experiment"],
@@ -59,7 +59,8 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     "rejuvenate": (
         ["--base", "b", "--sft", "s", "--out", "o", "--alpha", "0.3", "--reset-ratio", "0.02", "--omega", "0.5",
          "--tokens-per-example", "4", "--calibration", "c.jsonl", "--selection", "union", "--chat-template", "always",
-         "--attribution-model", "fused", "--score-sign", "positive", "--fusion-only", "--device", "cuda:1",
+         "--attribution-model", "fused", "--score-sign", "positive", "--fusion-only", "--reset-untouched",
+         "--device", "cuda:1",
          "--dtype", "bfloat16",
          "--attribution-dtype", "float64", "--batch-size", "3", "--max-length", "64", "--max-shard-gb", "0.25",
          "--overwrite", "--allow-pickle", "--resume", "--no-ray", "--ray-address", "ray://h:10001", "--workers", "3",
@@ -67,7 +68,8 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
         {"base": Path("b"), "sft": Path("s"), "out": Path("o"), "alpha": 0.3, "reset_ratio": 0.02, "omega": 0.5,
          "tokens_per_example": 4, "calibration": Path("c.jsonl"), "selection": "union", "attribution_model": "fused",
          "chat_template": "always",
-         "score_sign": "positive", "fusion_only": True, "device": "cuda:1", "dtype": "bfloat16",
+         "score_sign": "positive", "fusion_only": True, "reset_untouched": True, "device": "cuda:1",
+         "dtype": "bfloat16",
          "attribution_dtype": "float64", "batch_size": 3, "max_length": 64, "max_shard_gb": 0.25, "overwrite": True,
          "allow_pickle": True, "resume": True, "ray.enabled": False, "ray.address": "ray://h:10001",
          "ray.workers": 3, "ray.placement": "spread", "tracking.uri": "sqlite:///t.db", "tracking.enabled": False,

@@ -107,11 +107,12 @@ def test_killed_driver_leaves_no_checkpoint_and_resume_reuses_shards(make_pair, 
 
 
 def test_a_stale_partial_run_is_discarded_without_resume(make_pair, tmp_path):
+    """With --overwrite; without it the run refuses and names it (tests/test_fail_before_work.py)."""
     base, sft = make_pair("llama")
     partial = tmp_path / ".out.partial"
     partial.mkdir()
     (partial / "model-00001-of-00009.safetensors").write_bytes(b"junk")
-    rejuvenate(rejuv_config(base, sft, tmp_path / "out", fusion_only=True), progress=False)
+    rejuvenate(rejuv_config(base, sft, tmp_path / "out", fusion_only=True, overwrite=True), progress=False)
     assert not partial.exists() and (tmp_path / "out" / "model.safetensors").is_file()
 
 

@@ -101,6 +101,7 @@ COMMANDS: dict[str, Command] = {
         "--chat-template": "chat_template",
         "--attribution-model": "attribution_model", "--score-sign": "score_sign",
         "--fusion-only/--with-reset": "fusion_only",
+        "--reset-untouched/--skip-untouched": "reset_untouched",
         "--device": "device", "--dtype": "dtype", "--attribution-dtype": "attribution_dtype",
         "--batch-size": "batch_size", "--max-length": "max_length", "--max-shard-gb": "max_shard_gb",
         "--overwrite/--no-overwrite": "overwrite", "--allow-pickle/--no-allow-pickle": "allow_pickle",

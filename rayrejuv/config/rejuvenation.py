@@ -29,10 +29,15 @@ class ResetSearchConfig(FusionParams, PromptFormat):
     rendered as `chat_template` says)."""
 
     reset_ratio: float = Field(
-        0.01, gt=0.0, lt=1.0, description="fraction rho of neurons to reset, Eq. 4; paper sweeps 0.005-0.04"
+        0.01, gt=0.0, lt=1.0, description="fraction rho of the candidate neurons to reset, Eq. 4; paper: 0.005-0.04"
     )
     tokens_per_example: int = Field(8, ge=1, description="N target tokens per calibration example (ours: 8)")
     calibration: Path | None = Field(None, description="jsonl of {prompt, response} pairs for the reset")
+    reset_untouched: bool = Field(
+        False,
+        description="also let the reset choose neurons SFT left bit-identical to the base (ours: they are not "
+        "candidates, since after fusion they already equal the base); reset_ratio is a fraction of the candidates",
+    )
     selection: Literal["aggregate", "union"] = Field(
         "aggregate", description="aggregate: normalised sum then global top-rho (ours); union: the paper's union"
     )

@@ -37,7 +37,7 @@ class LayerShardGroup:
                 max_restarts=rc.max_restarts,
                 max_task_retries=rc.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(job)
+            ).remote(job, cpus)  # each sizes its torch threads to its CPUs
             for i in range(num_workers)
         ]
 

@@ -13,6 +13,7 @@ from rayrejuv.io.writer import ShardPlan, read_marker, write_marker
 from rayrejuv.method.neurons import ResetSet
 from rayrejuv.rejuvenation.job import RejuvenationJob
 from rayrejuv.rejuvenation.writer import Recipe, patch_shards, write_shards
+from rayrejuv.runs.resources import set_torch_threads
 
 
 @dataclass
@@ -29,7 +30,11 @@ class ShardResult:
 class ShardWorker:
     """Plain Python; `ray.remote(ShardWorker)` is the LayerShard actor."""
 
-    def __init__(self, job: RejuvenationJob):
+    def __init__(self, job: RejuvenationJob, reserved_cpus: float | None):
+        """reserved_cpus: the actor's CPUs, which its torch threads are sized to; None in process
+        (the caller's threads are left alone; the shard writer's compute keeps its own)."""
+        if reserved_cpus is not None:
+            set_torch_threads(reserved_cpus)
         self.job = job
         self.base, self.sft = job.open()
         self.name = f"{socket.gethostname()}:{os.getpid()}"

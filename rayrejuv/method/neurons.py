@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,42 @@ class NeuronIndex:
             if hi > lo:
                 out[(b.layer, b.kind.name)] = global_index[lo:hi] - b.offset
         return out
+
+
+# Same-size integer views: two floats are "bit-identical" when these are equal (-0.0 != 0.0, NaN == NaN).
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def neuron_tensors(spec: ArchSpec, layer: int, kind: NeuronKind, names: Container[str]) -> list[tuple[str, Axis]]:
+    """The tensors that form the neurons of (layer, kind), with the axis a neuron indexes: the
+    weight, and for a ROW kind its bias when the checkpoint has one (entry i belongs to row i;
+    a COL kind's bias is shared by its columns and is never reset)."""
+    out = [(spec.weight_name(layer, kind), kind.axis)]
+    if kind.axis is Axis.ROW and spec.bias_name(layer, kind) in names:
+        out.append((spec.bias_name(layer, kind), Axis.ROW))
+    return out
+
+
+def changed_slices(theta_sft: torch.Tensor, theta_base: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """(n,) bool: True where neuron i (row i for ROW, column i for COL; entry i of a 1-D bias)
+    differs in any bit between SFT and base (by value when their dtypes differ)."""
+    a, b = theta_sft, theta_base
+    if a.dtype == b.dtype and a.is_floating_point():
+        a, b = a.view(_BITS[a.element_size()]), b.view(_BITS[b.element_size()])
+    differs = a != b
+    if differs.ndim == 1:
+        return differs
+    return differs.any(dim=1) if axis is Axis.ROW else differs.any(dim=0)
+
+
+def changed_neurons(index: NeuronIndex, names: Container[str], read_pair) -> torch.Tensor:
+    """(M,) bool over the global numbering: True where SFT changed any bit of the neuron's
+    tensors. `read_pair(name) -> (theta_sft, theta_base)`; one pair is held at a time."""
+    mask = torch.zeros(index.total, dtype=torch.bool)
+    for b in index.blocks:
+        for name, axis in neuron_tensors(index.spec, b.layer, b.kind, names):
+            mask[b.offset : b.offset + b.size] |= changed_slices(*read_pair(name), axis)
+    return mask
 
 
 @dataclass

@@ -12,7 +12,7 @@ from rayrejuv.data.calibration import CalibrationBatch, batches, first_rendered,
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.method.entropy import select_target_positions
 from rayrejuv.method.fusion import fuse
-from rayrejuv.method.neurons import NeuronIndex, ResetSet
+from rayrejuv.method.neurons import NeuronIndex, ResetSet, changed_neurons
 from rayrejuv.method.selection import SELECTORS, AggregateSelector, reset_count, token_relevance
 from rayrejuv.models.loading import DTYPES, load_model, load_tokenizer, pad_id, resolve_device
 from rayrejuv.models.probe import attribute_targets, response_entropy
@@ -21,6 +21,9 @@ from rayrejuv.timing import PhaseTimer
 
 @dataclass
 class AttributionStats:
+    """What the search saw: the calibration, the entropies, the attribution's accuracy, and the
+    candidates the reset set was chosen from."""
+
     examples: int
     target_tokens: int
     entropy_base: float  # mean over response positions
@@ -29,6 +32,9 @@ class AttributionStats:
     reconstruction_error_max: float
     reconstruction_error_mean: float
     logit_abs_mean: float  # scale of the logits the error is measured against
+    candidates: int  # neurons the reset set was chosen from
+    excluded_untouched: int  # neurons SFT left bit-identical to the base, not candidates (0 with reset_untouched)
+    reset_requested: int  # round(reset_ratio x candidates): the aggregate set's size, union's per-token size
 
 
 @dataclass
@@ -88,9 +94,19 @@ def attribute(
     return seen
 
 
+def reset_candidates(cfg: ResetSearchConfig, base: Checkpoint, sft: Checkpoint, index: NeuronIndex) -> torch.Tensor:
+    """(M,) bool: the neurons the reset may choose. By default those SFT changed (ours): after
+    fusion a neuron SFT left bit-identical already equals the base, so resetting it would spend
+    the budget on a no-op. `reset_untouched` keeps every neuron."""
+    if cfg.reset_untouched:
+        return torch.ones(index.total, dtype=torch.bool)
+    return changed_neurons(index, sft.names, lambda name: (sft.get(name), base.get(name)))
+
+
 def attribution_stats(
-    seen: _Evidence, calib: list[CalibrationBatch], h_base: list[torch.Tensor], h_sft: list[torch.Tensor]
-) -> AttributionStats:
+    seen: _Evidence, calib: list[CalibrationBatch], h_base: list[torch.Tensor], h_sft: list[torch.Tensor],
+    selector: AggregateSelector,
+) -> AttributionStats:  # fmt: skip
     err = torch.cat(seen.errors).double()
     resp_base = torch.cat([h[b.response_mask] for h, b in zip(h_base, calib)])
     resp_sft = torch.cat([h[b.response_mask] for h, b in zip(h_sft, calib)])
@@ -103,6 +119,9 @@ def attribution_stats(
         reconstruction_error_max=float(err.max()),
         reconstruction_error_mean=float(err.mean()),
         logit_abs_mean=float(torch.cat(seen.logits).double().mean()),
+        candidates=int(selector.candidates.sum()),
+        excluded_untouched=int((~selector.candidates).sum()),
+        reset_requested=selector.count,
     )
 
 
@@ -110,7 +129,7 @@ def find_reset_set(
     cfg: ResetSearchConfig, base: Checkpoint, sft: Checkpoint, timer: PhaseTimer, progress: bool = True
 ) -> tuple[ResetSet, AttributionStats]:
     """Steps 1-4 on the calibration set: entropies of base and SFT, neuron scores at the largest
-    entropy gaps, the reset set (Eq. 4)."""
+    entropy gaps, the reset set (Eq. 4) among the candidates."""
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.attribution_dtype]
     calib = calibration_batches(cfg, sft)
     with timer.phase("entropy"):
@@ -120,10 +139,13 @@ def find_reset_set(
         if cfg.attribution_model == "fused":
             fuse_in_place(model, base, sft, cfg.alpha)
     index = neuron_index(sft)
-    selector = SELECTORS[cfg.selection](index.total, reset_count(cfg.reset_ratio, index.total))
+    with timer.phase("candidates"):
+        candidates = reset_candidates(cfg, base, sft, index)
+    count = reset_count(cfg.reset_ratio, int(candidates.sum()))
+    selector = SELECTORS[cfg.selection](index.total, count, candidates)
     with timer.phase("attribution"):
         seen = attribute(model, cfg, sft, index, selector, calib, h_base, h_sft, progress)
         selected = selector.select()  # step 4
     del model
-    stats = attribution_stats(seen, calib, h_base, h_sft)
+    stats = attribution_stats(seen, calib, h_base, h_sft, selector)
     return ResetSet.from_global(index, selected, selector.relevance_sum), stats

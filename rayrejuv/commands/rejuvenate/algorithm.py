@@ -1,6 +1,6 @@
 """Rejuvenation (paper Algorithm 1): base-anchored fusion + targeted neuron reset.
 
-    check the inputs (the pair, the calibration file) -> plan output shards ->
+    check the inputs (the pair, the calibration file, no partial output left over) -> plan output shards ->
       in process:  find the reset set (steps 1-4), then write every shard (Eq. 1 + Eq. 5)
       on Ray:      LayerShard actors write fused shards WHILE the attribution actor finds the
                    reset set; then each actor patches its shards' reset neurons (Eq. 5)
@@ -17,6 +17,8 @@ import json
 import os
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.pair import check_pair
 from rayrejuv.io.writer import (
     MANIFEST,
+    MARKER_SUFFIX,
     AtomicDir,
     ShardPlan,
     copy_side_files,
@@ -53,6 +56,7 @@ from rayrejuv.rejuvenation.reset_search import (
 )
 from rayrejuv.rejuvenation.writer import output_entries
 from rayrejuv.runs.cluster import cluster_address
+from rayrejuv.runs.resources import set_torch_threads
 from rayrejuv.timing import PhaseTimer
 
 
@@ -77,8 +81,9 @@ def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
             names = check_pair(base, sft)
             example = check_calibration(cfg, sft, progress)
             out = AtomicDir(cfg.out, overwrite=cfg.overwrite, resumable=True, resume=cfg.resume)
+            check_leftover(out, cfg)
             plans = plan_shards(output_entries(names, sft, cfg.dtype), int(cfg.max_shard_gb * 1e9))
-        with out:
+        with say_what_is_left(out), out:
             out.require_free_bytes(sum(p.nbytes for p in plans))
             job = RejuvenationJob(
                 cfg.base, cfg.sft, cfg.allow_pickle, fusion_params(cfg), out.tmp, tuple(plans),
@@ -88,6 +93,7 @@ def write_checkpoint(cfg: RejuvenateConfig, progress: bool) -> dict:
             with timer.phase("finalize"):
                 finalize(job, sft, names, outcome, cfg.dtype)
             report = build_report(cfg, sft, outcome, timer, plans) | {"calibration_example": example}
+            warn_union_size(cfg, report)
             write_report(out.tmp / REPORT, report)
             if outcome.reset.size:
                 kinds = [k.name for k in sft.spec.neuron_kinds]
@@ -107,6 +113,44 @@ def check_calibration(cfg: RejuvenateConfig, sft: Checkpoint, show: bool) -> str
     if show:
         print_rendered(example, cfg.chat_template, "calibration")
     return example
+
+
+def check_leftover(out: AtomicDir, cfg: RejuvenateConfig) -> None:
+    """A partial output left by a killed run (.<out>.partial) is named, with the ways on: it is
+    neither resumed nor discarded without being asked."""
+    if out.tmp.exists() and not cfg.resume and not cfg.overwrite:
+        raise RejuvError(f"{leftover(out)}; pass --resume to finish that run, or --overwrite to discard it")
+
+
+def leftover(out: AtomicDir) -> str:
+    done = len(list(out.tmp.glob(f"*{MARKER_SUFFIX}")))
+    return f"a partial output of an interrupted run is left at {out.tmp} ({done} finished shard(s))"
+
+
+@contextmanager
+def say_what_is_left(out: AtomicDir):
+    """When a run fails and its partial output stays (a crash, not a refused input), say where
+    and how to go on; outside `with out`, so it sees what AtomicDir kept."""
+    try:
+        yield
+    except BaseException:
+        if out.tmp.exists():
+            print(f"{leftover(out)}: rerun with --resume to reuse them, or --overwrite to discard it", file=sys.stderr)
+        raise
+
+
+def warn_union_size(cfg: RejuvenateConfig, report: dict) -> None:
+    """--selection union gives whatever the union of per-token tops is: say when it is larger
+    than reset_ratio asks for, and its real ratio."""
+    requested = report["reset_requested"]
+    if cfg.selection == "union" and requested is not None and report["reset_count"] > requested:
+        warnings.warn(
+            f"--selection union reset {report['reset_count']} neurons, {report['reset_count'] / requested:.1f}x "
+            f"the {requested} that --reset-ratio {cfg.reset_ratio} asks for: a real ratio of "
+            f"{report['reset_fraction_of_candidates']:.4f} of the {report['candidates']} candidates "
+            f"({report['reset_fraction']:.4f} of all {report['num_neurons']} neurons)",
+            stacklevel=2,
+        )
 
 
 def fusion_params(cfg: RejuvenateConfig) -> FusionParams:
@@ -141,8 +185,9 @@ def _ray_connected() -> bool:
 
 
 def rejuvenate_in_process(cfg, job: RejuvenationJob, base, sft, timer: PhaseTimer, progress: bool) -> Outcome:
-    reset, stats = no_reset(sft) if cfg.fusion_only else find_reset_set(cfg, base, sft, timer, progress)
-    worker, digest = ShardWorker(job), reset.digest()
+    with threads_for(cfg.ray.attribution_cpus):  # the same threads as the attribution actor on Ray
+        reset, stats = no_reset(sft) if cfg.fusion_only else find_reset_set(cfg, base, sft, timer, progress)
+    worker, digest = ShardWorker(job, None), reset.digest()
     results: list[ShardResult] = []
     with (
         timer.phase("write"),
@@ -152,6 +197,20 @@ def rejuvenate_in_process(cfg, job: RejuvenationJob, base, sft, timer: PhaseTime
             results.append(worker.write(plan, reset, digest))
             bar.update(plan.nbytes)
     return Outcome(reset, stats, results, {"mode": "in-process", "workers": 1})
+
+
+@contextmanager
+def threads_for(reserved_cpus: float):
+    """torch's threads sized to the CPUs a step reserves, for the block, then as they were (in
+    process the step shares its process with the caller; the writer keeps its own threads)."""
+    import torch
+
+    old = torch.get_num_threads()
+    set_torch_threads(reserved_cpus)
+    try:
+        yield
+    finally:
+        set_torch_threads(old)
 
 
 def rejuvenate_on_ray(cfg, job: RejuvenationJob, base, sft, timer: PhaseTimer, progress: bool) -> Outcome:
@@ -217,7 +276,8 @@ def fuse_and_reset_on_ray(group, cfg, job: RejuvenationJob, sft, timer: PhaseTim
 
     rc, plans = cfg.ray, list(job.plans)
     gpus = rc.attribution_gpus if rc.attribution_gpus is not None else float(cfg.device.startswith("cuda"))
-    attributor = ray.remote(AttributionWorker).options(num_cpus=rc.attribution_cpus, num_gpus=gpus).remote()
+    attributor = ray.remote(AttributionWorker).options(num_cpus=rc.attribution_cpus, num_gpus=gpus)
+    attributor = attributor.remote(rc.attribution_cpus)
     attribution = attributor.run.remote(cfg, job, progress)  # runs while the workers fuse
     with timer.phase("write"):
         fused = group.map("write", plans, [(None, "")] * len(plans), "fuse", progress)
@@ -285,6 +345,7 @@ def build_report(cfg, sft: Checkpoint, outcome: Outcome, timer: PhaseTimer, plan
         "num_neurons": reset.num_neurons,
         "reset_count": reset.size,
         "reset_fraction": reset.size / max(reset.num_neurons, 1),
+        **candidate_counts(reset, outcome.stats),
         "reset_by_kind": reset.count_by_kind(),
         "reset_by_layer": {str(k): v for k, v in reset.count_by_layer().items()},
         "attribution": asdict(outcome.stats) if outcome.stats is not None else None,
@@ -296,4 +357,17 @@ def build_report(cfg, sft: Checkpoint, outcome: Outcome, timer: PhaseTimer, plan
         "execution": outcome.execution,
         "timings_s": dict(timer.seconds),
         "neurons": reset.records(),
+    }
+
+
+def candidate_counts(reset: ResetSet, stats: AttributionStats | None) -> dict:
+    """The report's view of what the reset was chosen from (None for --fusion-only): candidate
+    neurons, those excluded as untouched by SFT, the size reset_ratio asks for, the real ratio."""
+    if stats is None:
+        return dict.fromkeys(("candidates", "excluded_untouched", "reset_requested", "reset_fraction_of_candidates"))
+    return {
+        "candidates": stats.candidates,
+        "excluded_untouched": stats.excluded_untouched,
+        "reset_requested": stats.reset_requested,
+        "reset_fraction_of_candidates": reset.size / max(stats.candidates, 1),
     }

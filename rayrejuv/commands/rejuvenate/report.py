@@ -48,6 +48,8 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
     t.add_row("architecture", f"{report['architecture']} ({report['num_layers']} layers)")
     t.add_row("alpha / rho / omega", f"{cfg['alpha']} / {cfg['reset_ratio']} / {cfg['omega']}")
     t.add_row("reset", f"{report['reset_count']} of {report['num_neurons']} neurons ({report['reset_fraction']:.2%})")
+    if report["candidates"] is not None:
+        t.add_row("candidates", candidates_line(report))
     if report["reset_by_kind"]:
         t.add_row("reset by module", ", ".join(f"{k} {v}" for k, v in sorted(report["reset_by_kind"].items())))
     att = report["attribution"]
@@ -61,3 +63,14 @@ def print_rejuvenation_summary(report: dict, wall_s: float) -> None:
     t.add_row("output", f"{len(report['output']['files'])} shard(s), {report['output']['bytes'] / 1e6:.1f} MB")
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in report["timings_s"].items()) + f"; wall {wall_s:.1f}s")
     c.print(t)
+
+
+def candidates_line(report: dict) -> str:
+    """What the reset was chosen from: 'C neurons SFT changed (E untouched excluded; ...)'."""
+    line = f"{report['candidates']} neurons, {report['reset_fraction_of_candidates']:.2%} of them reset"
+    if report["excluded_untouched"]:
+        line += (
+            f"; {report['excluded_untouched']} that SFT left equal to the base excluded "
+            "(resetting them is a no-op; --reset-untouched keeps them)"
+        )
+    return line
