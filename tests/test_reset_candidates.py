@@ -121,3 +121,59 @@ def test_union_warns_with_its_real_ratio(half_frozen, tmp_path, calibration):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # aggregate gives what was asked: no warning
         rejuvenate(cfg.model_copy(update={"out": tmp_path / "a", "selection": "aggregate"}), progress=False)
+
+
+def test_ray_is_bit_identical_and_its_actors_threads_fit_their_reservation(half_frozen, tmp_path, calibration,
+                                                                           monkeypatch):  # fmt: skip
+    """The candidates on Ray (the attribution actor) are those in process; each LayerShard actor
+    runs torch on the CPU it reserved, not on what the environment says (OMP_NUM_THREADS=3 here,
+    which Ray's workers inherit and Ray then leaves alone: torch would run 2 threads on 2 cores;
+    checked by removing the call, which fails this test)."""
+    import filecmp
+
+    base, sft, untouched = half_frozen
+    common = {"calibration": calibration, "reset_ratio": 0.05, "max_shard_gb": 40e-6}
+    local = rejuvenate(rejuv_config(base, sft, tmp_path / "local", **common), progress=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    ray_cfg = rejuv_config(base, sft, tmp_path / "ray", ray={"enabled": True, "workers": 2}, **common)
+    on_ray = rejuvenate(ray_cfg, progress=False)
+    assert on_ray["execution"]["mode"] == "ray" and len(on_ray["execution"]["per_worker"]) == 2
+    assert [w["threads"] for w in on_ray["execution"]["per_worker"].values()] == [1, 1]  # ray.cpus_per_worker
+    assert on_ray["neurons"] == local["neurons"] and on_ray["excluded_untouched"] == local["excluded_untouched"] == 582
+    files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "ray").iterdir())
+    for f in files:
+        if f != "rejuvenation_report.json" and not f.endswith(".png"):
+            assert filecmp.cmp(tmp_path / "local" / f, tmp_path / "ray" / f, shallow=False), f
+
+
+def test_the_attribution_sizes_its_threads_in_the_actor_and_in_process(make_pair, tmp_path, calibration, monkeypatch):
+    import torch
+
+    from rayrejuv.commands.rejuvenate import algorithm
+    from rayrejuv.distributed.attribution import AttributionWorker
+    from rayrejuv.rejuvenation import reset_search
+
+    before = torch.get_num_threads()
+    try:
+        AttributionWorker(1.5)  # the actor's body: floor of its reserved CPUs
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    seen = []
+    real = reset_search.find_reset_set
+
+    def spy(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(algorithm, "find_reset_set", spy)
+    base, sft = make_pair("llama")
+    cfg = rejuv_config(base, sft, tmp_path / "out", calibration=calibration, ray={"enabled": False,
+                                                                                  "attribution_cpus": 1})  # fmt: skip
+    torch.set_num_threads(2)
+    try:
+        rejuvenate(cfg, progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2  # in process: for the step, then as it was
+    finally:
+        torch.set_num_threads(before)

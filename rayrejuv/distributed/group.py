@@ -73,11 +73,14 @@ class LayerShardGroup:
 
 
 def per_worker_seconds(results: list[ShardResult]) -> dict[str, dict]:
-    out: dict[str, dict] = defaultdict(lambda: {"shards": 0, "seconds": 0.0, "reused": 0, "peak_rss_mb": 0.0})
+    out: dict[str, dict] = defaultdict(
+        lambda: {"shards": 0, "seconds": 0.0, "reused": 0, "peak_rss_mb": 0.0, "threads": 0}
+    )
     for r in results:
         w = out[r.worker]
         w["shards"] += 1
         w["seconds"] += r.seconds
         w["reused"] += int(r.reused)
         w["peak_rss_mb"] = max(w["peak_rss_mb"], r.peak_rss_mb)
+        w["threads"] = max(w["threads"], r.threads)
     return dict(out)

@@ -25,6 +25,7 @@ class ShardResult:
     reused: bool
     worker: str  # host:pid
     peak_rss_mb: float  # this worker process's peak resident memory so far
+    threads: int  # torch's intra-op threads in this worker (its reserved CPUs on Ray)
 
 
 class ShardWorker:
@@ -82,7 +83,13 @@ class ShardWorker:
     def _result(self, plan: ShardPlan, stage: str, sums: dict[str, str], t0: float | None) -> ShardResult:
         """t0 None: the shard was reused from its marker (no work, 0 s)."""
         seconds = 0.0 if t0 is None else time.perf_counter() - t0
-        return ShardResult(plan.file, stage, sums, seconds, t0 is None, self.name, _peak_rss_mb())
+        return ShardResult(plan.file, stage, sums, seconds, t0 is None, self.name, _peak_rss_mb(), _threads())
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _peak_rss_mb() -> float:
