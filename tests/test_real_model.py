@@ -109,6 +109,8 @@ def test_rejuvenated_real_model_reconstructs_loads_generates_and_stays_tied(reju
     att = report["attribution"]
     assert att["reconstruction_error_max"] < 1e-4 * att["logit_abs_mean"]
     assert report["reset_count"] > 0
+    # layers 0-19 (6144 neurons each) were frozen by the SFT: not candidates, none reset (issue 14 item 4)
+    assert report["excluded_untouched"] == FIRST_TRAINED * 6144 and min(n["layer"] for n in report["neurons"]) >= 20
     _tied_checkpoint(rejuvenated)
     assert json.loads((rejuvenated / "config.json").read_text())["dtype"] == "bfloat16"
     assert len(_greedy(rejuvenated).strip()) > 0
