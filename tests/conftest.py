@@ -91,6 +91,22 @@ def real_fixture():
 
 
 @pytest.fixture(scope="session")
+def real_rejuvenated(real_fixture, tmp_path_factory):
+    """`rayrejuv rejuvenate --no-ray` on the real pair with the fixture's calibration file (~50 s on 2 busy
+    cores), once per session for every real test that needs a rejuvenated real checkpoint."""
+    import subprocess
+    import sys
+
+    root, out = real_fixture.root, tmp_path_factory.mktemp("real-rejuv") / "no-ray"
+    args = ["--base", root / "base", "--sft", root / "sft", "--calibration", root / "data" / "calibration.jsonl",
+            "--out", out, "--no-ray", "--no-track"]
+    done = subprocess.run([sys.executable, "-m", "rayrejuv", "rejuvenate", *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from rayrejuv.testbed.tokenizer import build_char_tokenizer
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.real
 
 QUESTION = [{"role": "user", "content": "tom has 3 apples. gets 4 more. gives away 2. how many apples?"}]
 LAYERS, FIRST_TRAINED = 30, 20
-MEASURED: dict[str, float] = {}  # wall seconds of the CLI runs, printed by the last test (pytest -s shows them)
+MEASURED: dict[str, float] = {}  # CLI wall seconds and the rejuvenation's numbers, printed by the last test (-s)
 
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -53,15 +53,6 @@ def real(real_fixture):
     return {"base": root / "base", "sft": root / "sft", "data": root / "data", "manifest": real_fixture.manifest}
 
 
-@pytest.fixture(scope="module")
-def rejuvenated(real, tmp_path_factory):
-    """`rayrejuv rejuvenate --no-ray` on the real pair (the reference for the Ray run and the RL start)."""
-    out = tmp_path_factory.mktemp("real-rejuv") / "no-ray"
-    _cli("rejuvenate", "--base", str(real["base"]), "--sft", str(real["sft"]), "--out", str(out),
-         "--calibration", str(real["data"] / "calibration.jsonl"), "--no-ray", "--no-track")
-    return out
-
-
 def test_base_is_the_pretrained_instruct_model_and_generates(real):
     config = json.loads((real["base"] / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == LAYERS
@@ -92,41 +83,43 @@ def test_sft_differs_from_base_only_in_the_trained_layers(real):
     assert m.sft_saved_loss < 0.05 < 1.0 < m.base_loss  # over-trained: the SFT set's loss driven low
 
 
-def test_rejuvenate_on_ray_is_bit_identical_to_no_ray(real, rejuvenated, tmp_path):
+def test_rejuvenate_on_ray_is_bit_identical_to_no_ray(real, real_rejuvenated, tmp_path):
     out = tmp_path / "ray"
     _cli("rejuvenate", "--base", str(real["base"]), "--sft", str(real["sft"]), "--out", str(out),
          "--calibration", str(real["data"] / "calibration.jsonl"), "--ray", "--workers", "2", "--no-track")
     ray_report = json.loads((out / "rejuvenation_report.json").read_text())
-    ref_report = json.loads((rejuvenated / "rejuvenation_report.json").read_text())
+    ref_report = json.loads((real_rejuvenated / "rejuvenation_report.json").read_text())
     assert ray_report["execution"]["mode"] == "ray" and ref_report["execution"]["mode"] != "ray"
     assert ray_report["neurons"] == ref_report["neurons"]
-    got, want = load_tensors(out), load_tensors(rejuvenated)
+    got, want = load_tensors(out), load_tensors(real_rejuvenated)
     assert set(got) == set(want) and all(same_bits(got[n], want[n]) for n in want)
 
 
-def test_rejuvenated_real_model_reconstructs_loads_generates_and_stays_tied(rejuvenated):
-    report = json.loads((rejuvenated / "rejuvenation_report.json").read_text())
+def test_rejuvenated_real_model_reconstructs_loads_generates_and_stays_tied(real_rejuvenated):
+    report = json.loads((real_rejuvenated / "rejuvenation_report.json").read_text())
     att = report["attribution"]
     assert att["reconstruction_error_max"] < 1e-4 * att["logit_abs_mean"]
     assert report["reset_count"] > 0
+    MEASURED.update({"reconstruction_error_max": att["reconstruction_error_max"],
+                     "logit_abs_mean": att["logit_abs_mean"], "reset_count": report["reset_count"]})
     # layers 0-19 (6144 neurons each) were frozen by the SFT: not candidates, none reset (issue 14 item 4)
     assert report["excluded_untouched"] == FIRST_TRAINED * 6144 and min(n["layer"] for n in report["neurons"]) >= 20
-    _tied_checkpoint(rejuvenated)
-    assert json.loads((rejuvenated / "config.json").read_text())["dtype"] == "bfloat16"
-    assert len(_greedy(rejuvenated).strip()) > 0
+    _tied_checkpoint(real_rejuvenated)
+    assert json.loads((real_rejuvenated / "config.json").read_text())["dtype"] == "bfloat16"
+    assert len(_greedy(real_rejuvenated).strip()) > 0
 
 
-def test_two_rl_steps_on_the_rejuvenated_real_model(real, rejuvenated, tmp_path):
+def test_two_rl_steps_on_the_rejuvenated_real_model(real, real_rejuvenated, tmp_path):
     config = tmp_path / "rl.yaml"
     config.write_text(json.dumps({  # JSON is YAML
         "grpo": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 16, "micro_batch_size": 4},
         "eval_every": 0, "checkpoint_every": 2,
     }))
     out = tmp_path / "rl"
-    _cli("rl", "--config", str(config), "--model", str(rejuvenated), "--train-data",
+    _cli("rl", "--config", str(config), "--model", str(real_rejuvenated), "--train-data",
          str(real["data"] / "rl_train.jsonl"), "--out", str(out), "--steps", "2", "--no-track", "--quiet")
     steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
     assert len(steps) == 2 and all(r["policy/update_norm"] > 0 for r in steps)
     _tied_checkpoint(out / "final")
     assert len(_greedy(out / "final").strip()) > 0
-    print(f"\nreal fixture build timings {real['manifest'].timings_s}; CLI wall seconds {MEASURED}")
+    print(f"\nreal fixture build timings {real['manifest'].timings_s}; CLI runs and numbers {MEASURED}")

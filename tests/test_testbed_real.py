@@ -240,3 +240,14 @@ def test_sft_checkpoint_saved_from_float32_keeps_the_frozen_bf16_tensors_bit_for
     b, s = load_tensors(tmp_path / "base"), load_tensors(tmp_path / "sft")
     assert all(same_bits(b[n], s[n]) for n in b if not n.startswith("model.layers.3."))
     assert any(not torch.equal(b[n], s[n]) for n in b if n.startswith("model.layers.3."))
+
+
+def test_find_gguf_takes_the_installed_package_s_file_without_importing_it(tmp_path, monkeypatch):
+    from rayrejuv.testbed.gguf import SMOLLM2, find_gguf
+
+    package = tmp_path / "site" / SMOLLM2.package
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('the llm CLI is not installed')\n")
+    (package / SMOLLM2.file_name).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert find_gguf(None, tmp_path / "work") == package / SMOLLM2.file_name

