@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -48,7 +49,9 @@ def drift_figure(drift: dict[str, list[DriftRow]]):
             ax.text(0.02, 0.03, f"no drift: layers {_spans(frozen)}", transform=ax.transAxes, fontsize=7)
         ax.set_title(label)
         ax.set_xlabel("layer")
-    axes[0][0].set_ylim(bottom=-0.5 * linthresh)  # the zero line clear of the frame (shared y)
+    # the zero line clear of the frame; the top at the decade above the largest drift, so it has a tick (shared y)
+    top = max((r.msd for rows in drift.values() for r in rows), default=0.0)
+    axes[0][0].set_ylim(-0.5 * linthresh, 10 ** math.ceil(math.log10(top) + 0.05) if top > 0 else 1.0)
     axes[0][0].set_ylabel("mean squared drift from base (symlog)")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
