@@ -36,6 +36,7 @@ EXISTING_FLAGS = {
     "tune": ["--base", "--sft", "--calibration", "--train-data", "--eval-data", "--ood-data", "--out", "--num-samples",
              "--max-concurrent", "--resume/--no-resume", "--ray-address", *TRACK],
     "testbed build": ["--out", "--seed", "--force/--no-force", *TRACK],
+    "testbed real": ["--out", "--gguf", "--seed", "--overwrite/--no-overwrite"],  # new in issue 14
     "diagnose": ["--base", "--sft", "--data", "--out", "--max-examples", "--k", "--device", "--chat-template",
                  "--overwrite/--no-overwrite", *TRACK],
     "demo": ["--out", "--seeds", "--seed", "--quick", "--overwrite/--no-overwrite", "--ray-address", *TRACK,
@@ -48,6 +49,7 @@ OLD_HELP_DEFAULTS = {
            "--lr": "1e-06", "--beta": "0.01", "--experiment": "rayrejuv"},
     "tune": {"--out": "rayrejuv-tune", "--num-samples": "8", "--max-concurrent": "2"},
     "testbed build": {"--out": "rayrejuv-testbed", "--seed": "0"},
+    "testbed real": {},  # no hand-written help before it
     "diagnose": {"--max-examples": "200", "--k": "8", "--device": "cpu"},
     "demo": {"--out": "rayrejuv-demo", "--seeds": "3; --quick: 2", "--seed": "0", "--experiment": "rayrejuv"},
     "rejuvenate": {"--alpha": "0.5", "--reset-ratio": "0.01", "--omega": "1.0", "--placement": "pack",
@@ -99,6 +101,10 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     "testbed build": (
         ["--out", "o", "--seed", "5", "--force", "--tracking-uri", "sqlite:///t.db", "--no-track"],
         {"out": Path("o"), "seed": 5, "force": True, "tracking.uri": "sqlite:///t.db", "tracking.enabled": False},
+    ),
+    "testbed real": (
+        ["--out", "o", "--gguf", "g.gguf", "--seed", "5", "--overwrite"],
+        {"out": Path("o"), "gguf": Path("g.gguf"), "seed": 5, "overwrite": True},
     ),
     "diagnose": (
         ["--base", "b", "--sft", "s1", "--sft", "s2", "--data", "d.jsonl", "--out", "o", "--max-examples", "10",

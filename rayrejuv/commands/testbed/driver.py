@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.commands.testbed.real import build_real_fixture  # noqa: F401  (`testbed real`: the CLI imports drivers)
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
 from rayrejuv.runs.directory import RunDir, claim_run_dir
