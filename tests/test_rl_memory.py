@@ -86,7 +86,6 @@ def test_bf16_start_saves_bf16_checkpoints_and_resumes_at_full_precision(make_pa
     """learner.save_dtype bfloat16 (what `auto` resolves to for a bf16 start): model/ in bf16 (config
     too), loadable, equal to the learner's float32 weights cast; the float32 parameters beside it,
     so Learner.load continues from exactly the weights it saved."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     _, sft = make_pair("llama", tie_sft=True, dtype=torch.bfloat16)
@@ -101,7 +100,7 @@ def test_bf16_start_saves_bf16_checkpoints_and_resumes_at_full_precision(make_pa
         assert w.dtype == torch.float32 and torch.equal(saved[k], w.to(torch.bfloat16)), k
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # the config's dtype
     assert loaded.dtype == torch.bfloat16 and loaded.config.tie_word_embeddings
-    master = load_file(tmp_path / "weights.safetensors")
+    master = torch.load(tmp_path / "weights.pt", weights_only=True)
     assert all(torch.equal(master[k], w) for k, w in weights.items())
 
     resumed = _learner(sft, save_dtype="bfloat16")
@@ -114,7 +113,7 @@ def test_same_dtype_checkpoint_has_no_second_copy(make_pair, tokenizer, tmp_path
     _, sft = make_pair("qwen3")
     learner = _learner(sft, save_dtype="float32")
     learner.save(tmp_path, tokenizer)
-    assert not (tmp_path / "weights.safetensors").exists()
+    assert not (tmp_path / "weights.pt").exists()
     saved = load_tensors(tmp_path / "model")
     assert all(torch.equal(saved[k], w) for k, w in learner.weights().items())
 
@@ -182,7 +181,7 @@ def test_rl_from_a_bf16_start_keeps_bf16_and_the_actors_in_it(tmp_path):
     checkpoints = sorted(p for p in (out / "ray" / "grpo").glob("checkpoint_*") if p.is_dir())
     assert len(checkpoints) == 2
     for ckpt in checkpoints:
-        model, master = load_tensors(ckpt / "model"), load_tensors(ckpt)  # ckpt/weights.safetensors: float32
+        model, master = load_tensors(ckpt / "model"), torch.load(ckpt / "weights.pt", weights_only=True)
         assert {str(v.dtype) for v in model.values()} == {"torch.bfloat16"}
         assert all(master[k].dtype == torch.float32 and torch.equal(model[k], master[k].to(torch.bfloat16))
                    for k in master)

@@ -175,7 +175,9 @@ class DeepSpeedEngine:
 
 
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
-MASTER = "weights.safetensors"  # a learner checkpoint's full-precision parameters, when model/ rounds them
+# a learner checkpoint's full-precision parameters when model/ rounds them; torch.save streams each
+# tensor to the file (safetensors' save_file first copies all of them into one bytes object)
+MASTER = "weights.pt"
 
 
 class Learner:
@@ -296,8 +298,6 @@ class Learner:
         """model/ (an HF checkpoint in learner.save_dtype, rank 0), the parameters at full precision
         when model/ rounds them (MASTER, so a resumed run continues exactly) and the engine's
         optimizer state (per rank)."""
-        from safetensors.torch import save_file
-
         dtype = self.learner_cfg.save_dtype
         if dtype not in DTYPES:
             raise ValueError(f"learner.save_dtype={dtype!r}: `rayrejuv rl` resolves 'auto' to the start's dtype")
@@ -305,17 +305,18 @@ class Learner:
             save_model(self.module, self._last_weights, dtype, directory / "model")
             tokenizer.save_pretrained(directory / "model")
             if any(v.dtype != DTYPES[dtype] for v in self._last_weights.values()):
-                save_file(self._last_weights, directory / MASTER)
+                torch.save(self._last_weights, directory / MASTER)
         self.engine.save(directory)
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
 
-        master = directory / MASTER
-        files = [master] if master.exists() else sorted((directory / "model").glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(f))
+        master, state = directory / MASTER, {}
+        if master.exists():  # model/ holds them rounded
+            state = torch.load(master, weights_only=True, mmap=True)
+        else:
+            for f in sorted((directory / "model").glob("*.safetensors")):
+                state.update(load_file(f))
         self.module.load_state_dict(state, strict=False)  # load_state_dict casts to the parameters' dtype
         self.engine.load(directory)
         with self.engine.full_weights() as full:

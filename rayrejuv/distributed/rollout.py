@@ -29,6 +29,10 @@ class HFRolloutWorker:
         self.cfg = RolloutConfig.model_validate(cfg)  # its dtype: the start checkpoint's unless chosen
         ckpt = Checkpoint(Path(model_dir), role="policy")
         self.model = load_model(ckpt, DTYPES[self.cfg.dtype], resolve_device(self.cfg.device))
+        # Frozen bf16 weights on CPU send generate's prefill head (lm_head on the non-contiguous
+        # hidden[:, -1:]) down a path that copies the weight once per sequence (measured: +0.9 GB
+        # for 16 sequences of a 135M model, and 1.7x slower); sampling runs under no_grad anyway.
+        self.model.requires_grad_(True)
         self.tokenizer = load_tokenizer(ckpt)
         self.version = 0
 
