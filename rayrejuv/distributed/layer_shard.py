@@ -40,6 +40,14 @@ class ShardWorker:
         self.base, self.sft = job.open()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
+    def __enter__(self) -> ShardWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """In process: close its handles on the pair (an actor's go with its process)."""
+        self.base.close()
+        self.sft.close()
+
     def node(self) -> str:
         import ray
 

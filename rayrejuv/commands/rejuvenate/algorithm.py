@@ -192,6 +192,7 @@ def rejuvenate_in_process(cfg, job: RejuvenationJob, base, sft, timer: PhaseTime
     with (
         timer.phase("write"),
         tqdm(total=job.nbytes, desc="fuse + reset", unit="B", unit_scale=True, disable=not progress) as bar,
+        worker,  # its own handles on the pair, closed after the last shard
     ):
         for plan in job.plans:
             results.append(worker.write(plan, reset, digest))
