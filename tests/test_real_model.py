@@ -121,5 +121,8 @@ def test_two_rl_steps_on_the_rejuvenated_real_model(real, real_rejuvenated, tmp_
     steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
     assert len(steps) == 2 and all(r["policy/update_norm"] > 0 for r in steps)
     _tied_checkpoint(out / "final")
+    final = load_tensors(out / "final")  # saved in the start checkpoint's dtype (bf16), not float32
+    assert {t.dtype for t in final.values()} == {t.dtype for t in load_tensors(real_rejuvenated).values()} == {
+        torch.bfloat16}
     assert len(_greedy(out / "final").strip()) > 0
     print(f"\nreal fixture build timings {real['manifest'].timings_s}; CLI runs and numbers {MEASURED}")

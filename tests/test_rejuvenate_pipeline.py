@@ -161,7 +161,7 @@ def test_a_truncated_shard_is_caught_before_the_rename(make_pair, tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
-def test_the_mlflow_run_is_logged_beside_the_work_nested_and_failed_runs_recorded(make_pair, tmp_path):
+def test_the_mlflow_run_is_logged_beside_the_work_nested_and_failed_runs_recorded(make_pair, tmp_path, monkeypatch):
     """The logger (runs/side_run.py: the store's tracking agent) nests the run under a parent given by id
     from another process, logs params, metrics and the report, and records a failed run FAILED."""
     import mlflow
@@ -170,6 +170,7 @@ def test_the_mlflow_run_is_logged_beside_the_work_nested_and_failed_runs_recorde
     from rayrejuv.errors import RejuvError
     from rayrejuv.runs.tracking import tracked_run
 
+    monkeypatch.chdir(tmp_path)  # the parent run, made here, puts the experiment's artifacts in ./mlruns
     base, sft = make_pair("llama")
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="side")
     (tmp_path / "taken").mkdir()

@@ -123,6 +123,7 @@ def test_union_warns_with_its_real_ratio(half_frozen, tmp_path, calibration):
         rejuvenate(cfg.model_copy(update={"out": tmp_path / "a", "selection": "aggregate"}), progress=False)
 
 
+@pytest.mark.slow  # Ray start + actors (~35 s); the default run checks the in-process path
 def test_ray_is_bit_identical_and_its_actors_threads_fit_their_reservation(half_frozen, tmp_path, calibration,
                                                                            monkeypatch):  # fmt: skip
     """The candidates on Ray (the attribution actor) are those in process; each LayerShard actor

@@ -151,6 +151,7 @@ def test_weights_travel_through_the_store_without_a_pickled_copy():
         assert out[k].dtype == v.dtype and torch.equal(out[k], v)
 
 
+@pytest.mark.slow  # a whole rl run (~70 s on 2 busy cores); the real suite runs rl from a bf16 start too
 def test_rl_from_a_bf16_start_keeps_bf16_and_the_actors_in_it(tmp_path):
     """A 2-step `rl` run from a bf16 checkpoint: rollout and reference actors in bf16 (rollout.dtype
     auto), the intermediate and final checkpoints in bf16 and equal to the learner's float32
