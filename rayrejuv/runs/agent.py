@@ -32,6 +32,7 @@ from pathlib import Path
 
 from rayrejuv.errors import RejuvError
 from rayrejuv.runs.side_run import WAIT_S, log_side_run
+from rayrejuv.runs.tracking import sqlite_path
 
 START_S = 120  # an agent that cannot take a connection this long after its spawn is broken
 
@@ -210,8 +211,8 @@ def _store_dir(uri: str) -> Path:
     """The agent's working directory: a sqlite store's directory (its nearest existing one), where
     MLflow puts the store's artifacts (`./mlruns`), as it does for the default store of a command
     run there; whichever command started the agent, a store keeps its artifacts beside it."""
-    prefix = "sqlite:///"
-    directory = Path(uri[len(prefix) :]).parent if uri.startswith(prefix) else Path.cwd()
+    db = sqlite_path(uri)
+    directory = Path.cwd() if db is None else db.parent
     while not directory.is_dir():
         directory = directory.parent
     return directory
@@ -226,8 +227,8 @@ def _inode(path: Path) -> int | None:
 
 def _store_exists(uri: str) -> bool:
     """A sqlite store whose file was deleted (a test's temporary directory) needs no agent."""
-    prefix = "sqlite:///"
-    return not uri.startswith(prefix) or Path(uri[len(prefix) :]).exists()
+    db = sqlite_path(uri)
+    return db is None or db.exists()
 
 
 if __name__ == "__main__":

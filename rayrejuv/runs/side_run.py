@@ -31,11 +31,11 @@ from pathlib import Path
 
 from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.errors import RejuvError
-from rayrejuv.runs.tracking import absolute_uri
+from rayrejuv.runs.tracking import SQLITE, absolute_uri
 
 WAIT_S = 600  # the logger has nothing left to do but log: a store that hangs this long is broken
 DEFAULT_URI = "sqlite:///mlflow.db"  # mlflow's own default, in the working directory
-LOCAL_SCHEMES = ("sqlite:///", "file:")  # stores an agent may serve: no credentials in the environment
+LOCAL_SCHEMES = (SQLITE, "file:")  # stores an agent may serve: no credentials in the environment
 
 
 def resolved_uri(tracking: TrackingConfig) -> str:

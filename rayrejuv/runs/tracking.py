@@ -104,9 +104,15 @@ def tracked_run(
         yield Run(mlflow)
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite store's URI (relative to the cwd unless absolute), else None."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
 def absolute_uri(uri: str) -> str:
     """A relative sqlite path made absolute, so worker processes with another cwd reach the same store."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).absolute())
-    return uri
+    path = sqlite_path(uri)
+    return uri if path is None else SQLITE + str(path.absolute())
