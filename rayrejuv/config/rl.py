@@ -22,6 +22,10 @@ class VLLMConfig(Config):
     enable_sleep_mode: bool = Field(
         False, description="free the engine's GPU memory while the learner updates (CUDA only)"
     )
+    sleep_level: Literal[1, 2] = Field(
+        1, description="vLLM sleep level: 1 offloads the weights to CPU and drops the KV cache; 2 drops both "
+        "(the weights come back with the next sync, which always follows the wake-up)"
+    )
     enforce_eager: bool = Field(True, description="skip CUDA graph capture (faster start, slower decode)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="engine dtype")
 
@@ -42,6 +46,11 @@ class RolloutConfig(Config):
     )
     batch_size: int = Field(64, ge=1, description="hf backend: prompts per generate call")
     max_restarts: int = Field(3, ge=0, description="restarts of a crashed rollout actor; its prompts are redone")
+    sync: Literal["collective", "object_store"] = Field(
+        "collective", description="weight sync after each update: collective (a torch.distributed group of learner "
+        "rank 0 and every rollout engine; NCCL on GPU, gloo on CPU) or object_store (ray.put of the state dict)"
+    )
+    sync_bucket_mb: int = Field(256, ge=1, description="collective sync: MB of weights per broadcast bucket")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 

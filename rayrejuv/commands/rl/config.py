@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -24,6 +25,10 @@ class RLConfig(PromptFormat):
     checkpoint_every: int = Field(25, ge=1, description="save a resumable checkpoint every K steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     overwrite: bool = Field(False, description="delete a finished run in --out and start again")
+    placement: Literal["separate", "colocated"] = Field(
+        "separate", description="separate: rollout engines and learner on their own GPUs; colocated: they share "
+        "each GPU (vLLM sleeps while the learner trains and wakes before generating)"
+    )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
