@@ -39,12 +39,15 @@ class ReferenceWorker:
         return torch.cat(parts)
 
 
-def start_reference(model_dir: Path, rollout: RolloutConfig, gpus: float, micro_batch_size: int, chunk: int):
-    """The reference actor on the rollouts' device and dtype, outside any caller's placement group."""
+def start_reference(model_dir: Path, rollout: RolloutConfig, gpus: float, micro_batch_size: int, chunk: int,
+                    placement: dict | None = None):
+    """The reference actor on the rollouts' device and dtype, outside any caller's placement group
+    unless `placement` (Ray options: a colocated bundle's scheduling strategy and GPU share) puts it in one."""
     import ray
 
+    options = {"num_cpus": REFERENCE_CPUS, "num_gpus": gpus, "scheduling_strategy": "DEFAULT"} | (placement or {})
     return (
         ray.remote(ReferenceWorker)
-        .options(num_cpus=REFERENCE_CPUS, num_gpus=gpus, scheduling_strategy="DEFAULT")
+        .options(**options)
         .remote(str(model_dir), rollout.device, rollout.dtype, REFERENCE_CPUS, micro_batch_size, chunk)
     )

@@ -34,7 +34,9 @@ def _unshare(names: list[str], buffers: list, dtypes: list[str], shapes: list[tu
 
 
 class RolloutGroup:
-    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int):
+    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int, placement: list[dict] | None = None):
+        """`placement`: Ray options of actor i over the config's shares (rayrejuv.distributed.placement:
+        its scheduling strategy and GPU share in a colocated placement group)."""
         import ray
 
         from rayrejuv.distributed.rollout import backends
@@ -44,15 +46,18 @@ class RolloutGroup:
         worker = ray.remote(backends()[cfg.backend])
         gpus = cfg.vllm.tensor_parallel_size if cfg.backend == "vllm" and cfg.gpus_per_worker else cfg.gpus_per_worker
         hooks = fault_env()
+        options = {
+            "num_cpus": cfg.cpus_per_worker,
+            "num_gpus": gpus,
+            "max_restarts": cfg.max_restarts,
+            "scheduling_strategy": "DEFAULT",  # not inside a caller's placement group (a Tune trial's)
+            "runtime_env": {"env_vars": hooks} if hooks else None,
+        }
         self.actors = [
-            worker.options(
-                num_cpus=cfg.cpus_per_worker,
-                num_gpus=gpus,
-                max_restarts=cfg.max_restarts,
-                scheduling_strategy="DEFAULT",  # not inside a caller's placement group (a Tune trial's)
-                runtime_env={"env_vars": hooks} if hooks else None,
-            ).remote(str(model_dir), cfg.model_dump(mode="json"), cfg.cpus_per_worker)
-            for _ in range(cfg.workers)
+            worker.options(**options | (placement[i] if placement else {})).remote(
+                str(model_dir), cfg.model_dump(mode="json"), cfg.cpus_per_worker
+            )
+            for i in range(cfg.workers)
         ]
         ray.get([a.policy_version.remote() for a in self.actors])  # fail here, not mid-step
         self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
