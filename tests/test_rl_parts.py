@@ -236,7 +236,7 @@ def test_experience_rewards_and_group_advantages(tmp_path):
     cfg = RLConfig(model=tmp_path, train_data=tmp_path / "t.jsonl", out=tmp_path / "o",
                    grpo={"prompts_per_step": 2, "group_size": 3})
     rows = [{"prompt": "p0", "answer": "4"}, {"prompt": "p1", "answer": "7"}]
-    exp = Experience(cfg, rows, [], RLWorkers(rollouts=None, reference=None, sink=None), pad_id=0)
+    exp = Experience(cfg, rows, [], RLWorkers(rollouts=None, reference=None, sink=None), pad_id=0, eos_id=None)
     batch = _rollout(6, 2, 3, 0, group=torch.tensor([0, 0, 0, 1, 1, 1]))
     batch.texts = ["#### 4", "#### 5", "#### 4", "#### 1", "#### 2", "#### 3"]
     metrics = exp.reward(batch, rows) | exp.advantages(batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayrejuv.config.base import Config
 
@@ -82,6 +82,46 @@ class GRPOConfig(Config):
         256, ge=1, description="completion tokens per LM-head chunk when the learner and the reference compute "
         "log-probs: at most (chunk, vocab) float32 logits exist at once, never (micro batch x length, vocab)"
     )
+    # the DAPO / verl / TRL options (docs/rl-options.md); each off by default: the paper's recipe has none
+    dynamic_sampling: bool = Field(
+        False, description="DAPO's dynamic sampling (verl: algorithm.filter_groups.enable): drop the groups whose "
+        "verifier rewards are all equal (they carry no advantage) and draw more prompts, prompts_per_step at a "
+        "time, until the batch holds prompts_per_step groups whose rewards differ"
+    )
+    max_num_gen_batches: int = Field(
+        10, ge=1, description="dynamic sampling: draws of prompts_per_step prompts per step at most, the first "
+        "included (verl's name); when they hold too few informative groups the batch is filled with the first "
+        "uninformative ones (logged as sampling/padded_groups)"
+    )
+    overlong: Literal["none", "mask", "soft_penalty"] = Field(
+        "none", description="completions that reach max_new_tokens: none; mask: a truncated completion (no EOS) "
+        "leaves the loss (TRL's mask_truncated_completions, DAPO's overlong filtering); soft_penalty: DAPO's "
+        "soft overlong punishment added to the reward, 0 up to max_new_tokens - overlong_buffer_len tokens, then "
+        "linear to -overlong_penalty_factor at max_new_tokens"
+    )
+    overlong_buffer_len: int = Field(
+        64, ge=1, description="soft_penalty: the tokens before max_new_tokens over which the penalty grows "
+        "(verl: reward_model.overlong_buffer.len)"
+    )
+    overlong_penalty_factor: float = Field(
+        1.0, ge=0, description="soft_penalty: the penalty at max_new_tokens (verl: overlong_buffer.penalty_factor)"
+    )
+    entropy_coeff: float = Field(
+        0.0, ge=0, description="entropy bonus (verl's entropy_coeff): loss -= entropy_coeff x the token entropy of "
+        "the policy, reduced as the policy loss (aggregation); 0 disables it"
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="peak bf16 TFLOP/s of one GPU for perf/mfu; default: the learner's GPU in "
+        "method.throughput.PEAK_TFLOPS (no perf/mfu on CPU or an unknown GPU unless given)"
+    )
+
+    @model_validator(mode="after")
+    def _overlong_buffer_fits(self) -> GRPOConfig:
+        if self.overlong == "soft_penalty" and self.overlong_buffer_len > self.max_new_tokens:
+            raise ValueError(f"grpo.overlong_buffer_len={self.overlong_buffer_len} exceeds grpo.max_new_tokens="
+                             f"{self.max_new_tokens}: the soft overlong penalty grows over the last tokens before "
+                             "the limit; lower overlong_buffer_len")
+        return self
 
 
 class LearnerConfig(Config):

@@ -256,7 +256,7 @@ class Learner:
         for i, micro in enumerate(micros):
             n = len(micro)
             with self.engine.no_sync(last=i == len(micros) - 1):
-                logp, _ = score_completions(self.engine.model, micro, g.temperature)
+                logp, entropy = score_completions(self.engine.model, micro, g.temperature)  # (n, T), with grad
                 loss, stats = grpo_loss(
                     logp,
                     mb_old[start : start + n].to(self.device),
@@ -269,6 +269,8 @@ class Learner:
                     kl_kind=g.kl_estimator,
                     aggregation=g.aggregation,
                     denominator=denominator,
+                    entropy=entropy if g.entropy_coeff else None,  # unused at 0: its graph goes with it
+                    entropy_coeff=g.entropy_coeff,
                 )
                 self.engine.backward(loss)
             start += n
@@ -276,6 +278,8 @@ class Learner:
             for name, value in (("policy/kl", stats.kl), ("policy/clip_fraction", stats.clip_fraction),
                                 ("policy/ratio_mean", stats.ratio_mean), ("policy/pg_loss", stats.pg_loss)):
                 meter.add(name, value, tokens)
+            if g.entropy_coeff:
+                meter.add("policy/entropy_bonus", g.entropy_coeff * stats.entropy, tokens)
 
     @torch.no_grad()
     def _refresh_weights(self) -> float:

@@ -49,6 +49,7 @@ class GRPOStats:
     kl: float
     clip_fraction: float
     ratio_mean: float
+    entropy: float  # aggregated like the loss; 0 without an entropy term
 
 
 def aggregate(
@@ -67,6 +68,25 @@ def aggregate(
     return per_seq.sum() / (denominator or per_seq.shape[0])
 
 
+def _penalty_terms(
+    logp: torch.Tensor, logp_ref: torch.Tensor | None, kl_kind: KLKind, beta: float,
+    entropy: torch.Tensor | None, entropy_coeff: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token terms added to the surrogate: (KL_t, beta * KL_t - c_H * H_t), (N, T) each;
+    zeros for a term whose coefficient is 0."""
+    kl, penalties = torch.zeros_like(logp), torch.zeros_like(logp)
+    if beta != 0.0:
+        if logp_ref is None:
+            raise ValueError("beta != 0 needs reference log-probs (logp_ref)")
+        kl = kl_penalty(logp, logp_ref, kl_kind)
+        penalties = beta * kl
+    if entropy_coeff != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coeff != 0 needs the policy's token entropy (entropy)")
+        penalties = penalties - entropy_coeff * entropy
+    return kl, penalties
+
+
 def grpo_loss(
     logp: torch.Tensor,
     logp_old: torch.Tensor,
@@ -80,15 +100,19 @@ def grpo_loss(
     kl_kind: KLKind = "k3",
     aggregation: Aggregation = "token_mean",
     denominator: float | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coeff: float = 0.0,
 ) -> tuple[torch.Tensor, GRPOStats]:
-    """The clipped surrogate with an optional KL penalty, reduced over tokens.
+    """The clipped surrogate with an optional KL penalty and entropy bonus, reduced over tokens.
 
         ratio_t = exp(logp_t - logp_old_t)
-        l_t = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps_high) * A) + beta * KL_t
+        l_t = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps_high) * A) + beta * KL_t - c_H * H_t
 
-    logp, logp_old, logp_ref, mask: (N, T); advantages: (N,) one per sequence. The loss is
-    reduced by `aggregate` (with `denominator` when this is a slice of a larger batch); the stats
-    are means over this slice.
+    logp, logp_old, logp_ref, entropy (H_t of the policy, with its gradient), mask: (N, T);
+    advantages: (N,) one per sequence. The loss is reduced by `aggregate` (with `denominator`
+    when this is a slice of a larger batch), so the bonus is entropy_coeff x the entropy reduced
+    as the policy loss (verl: policy_loss - entropy_coeff * entropy_loss); the stats are means
+    over this slice.
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logp - logp_old)  # (N, T)
@@ -96,14 +120,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - epsilon, 1.0 + eps_high) * adv
     pg = -torch.minimum(unclipped, clipped)  # (N, T)
-    per_token = pg
-    kl = torch.zeros_like(pg)
-    if beta != 0.0:
-        if logp_ref is None:
-            raise ValueError("beta != 0 needs reference log-probs (logp_ref)")
-        kl = kl_penalty(logp, logp_ref, kl_kind)
-        per_token = pg + beta * kl
-    loss = aggregate(per_token, mask, aggregation, denominator)
+    kl, penalties = _penalty_terms(logp, logp_ref, kl_kind, beta, entropy, entropy_coeff)
+    loss = aggregate(pg + penalties, mask, aggregation, denominator)
     with torch.no_grad():
         m = mask.bool()
         is_clipped = (clipped < unclipped) & m  # the clip bound is the active term of the min
@@ -113,5 +131,6 @@ def grpo_loss(
             kl=float(aggregate(kl, mask, aggregation)),
             clip_fraction=float(is_clipped.sum() / m.sum().clamp(min=1)),
             ratio_mean=float(ratio[m].mean()) if bool(m.any()) else 1.0,
+            entropy=0.0 if entropy is None else float(aggregate(entropy, mask, aggregation)),
         )
     return loss, stats

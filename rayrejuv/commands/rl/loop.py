@@ -16,6 +16,7 @@ checkpoint steps also `ray.train.report` them (Tune's probe reporter reads those
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,14 +27,17 @@ import torch
 
 from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.commands.rl.workers import RLWorkers
-from rayrejuv.data.prompts import step_prompts
+from rayrejuv.data.prompts import draw_prompts
 from rayrejuv.distributed.learner import Learner
+from rayrejuv.method.dapo import OVERLONG, fill_groups, informative_groups, truncated
 from rayrejuv.method.grpo import group_advantages
 from rayrejuv.method.rewards import is_correct
+from rayrejuv.method.throughput import Throughput, peak_tflops
 from rayrejuv.models.evaluate import score_pass_at_k
 from rayrejuv.models.rollout import Rollout, Sampling
 
 STATE_FILE = "trainer_state.json"
+log = logging.getLogger(__name__)
 
 
 def shared(fn: Callable[[], Any]) -> Any:
@@ -52,45 +56,109 @@ def rewards_of(texts: list[str], answers: list[str], correct: float, wrong: floa
 
 
 class Experience:
-    """Rank 0's side of a step: the step's prompts, the rollout actors, the verifier, the group
-    baseline and the frozen reference. Each part fills its fields of the batch and returns its metrics."""
+    """Rank 0's side of a step: the step's prompts, the rollout actors, the verifier, the groups
+    that train (dynamic sampling), overlong handling, the group baseline and the frozen reference.
+    Each part fills its fields of the batch and returns its metrics."""
 
-    def __init__(self, cfg: RLConfig, rows: list[dict], eval_rows: list[dict], workers: RLWorkers, pad_id: int):
-        self.cfg, self.rows, self.eval_rows, self.pad_id = cfg, rows, eval_rows, pad_id
+    def __init__(self, cfg: RLConfig, rows: list[dict], eval_rows: list[dict], workers: RLWorkers, pad_id: int,
+                 eos_id: int | None):
+        self.cfg, self.rows, self.eval_rows, self.pad_id, self.eos_id = cfg, rows, eval_rows, pad_id, eos_id
         self.rollouts, self.reference_actor = workers.rollouts, workers.reference
 
-    def prompts(self, step: int) -> list[dict]:
-        """The step's P {prompt, answer} rows: every epoch a fresh permutation, stateless in the step."""
+    def prompts(self, step: int, draw: int) -> list[dict]:
+        """The P {prompt, answer} rows of the step's draw: draw 0 every epoch a fresh permutation,
+        further draws (dynamic sampling) from a stream seeded by (seed, step); stateless in both."""
         g = self.cfg.grpo
-        return [self.rows[i] for i in step_prompts(len(self.rows), step, g.prompts_per_step, self.cfg.seed)]
+        return [self.rows[i] for i in draw_prompts(len(self.rows), step, draw, g.prompts_per_step, self.cfg.seed)]
 
-    def generate(self, rows: list[dict], step: int) -> tuple[Rollout, dict[str, float]]:
+    def draw(self, step: int) -> tuple[Rollout, dict[str, float]]:
+        """G completions per prompt, rewarded: one draw of P prompts; with dynamic sampling more
+        draws, at most max_num_gen_batches, until P groups have rewards that differ. Every drawn
+        group in draw order (group indexes the draws' rows); metrics over all of them."""
+        g = self.cfg.grpo
+        parts, seconds, informative = [], 0.0, 0
+        for draw in range(g.max_num_gen_batches if g.dynamic_sampling else 1):
+            rows = self.prompts(step, draw)
+            part, m = self.generate(rows, step, draw)
+            self.reward(part, rows)  # its metrics: of every draw together, below
+            parts.append(part)
+            seconds += m["time/generate"]
+            informative += int(informative_groups(part.rewards.view(-1, g.group_size)).sum())
+            if informative >= g.prompts_per_step:
+                break
+        self.rollouts.sleep()  # after the last draw: a sleeping engine wakes with the next sync
+        drawn = Rollout.cat(parts, self.pad_id)
+        return drawn, self.generation_metrics(drawn, seconds) | self.reward_metrics(drawn)
+
+    def generate(self, rows: list[dict], step: int, draw: int) -> tuple[Rollout, dict[str, float]]:
         """G completions per prompt from the rollout actors, prompt-major (N = P x G sequences)."""
         g = self.cfg.grpo
         t0 = time.perf_counter()
         s = Sampling(n=g.group_size, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
-                     seed=self.cfg.seed * 1_000_003 + step)
+                     seed=self.cfg.seed * 1_000_003 + step + (draw << 32))  # draw 0: the step's seed
         batch = self.rollouts.generate([r["prompt_ids"] for r in rows], s, self.pad_id)  # rendered by the driver
-        seconds = time.perf_counter() - t0
-        self.rollouts.sleep()
+        return batch, self.generation_metrics(batch, time.perf_counter() - t0)
+
+    def generation_metrics(self, batch: Rollout, seconds: float) -> dict[str, float]:
         lengths = batch.completion_mask.sum(1).float()
-        return batch, {
+        return {
             "response/length_mean": float(lengths.mean()),
-            "response/clipped_fraction": float((lengths >= g.max_new_tokens).float().mean()),
+            "response/clipped_fraction": float((lengths >= self.cfg.grpo.max_new_tokens).float().mean()),
             "time/generate": seconds,
             "throughput/generated_tokens_per_s": batch.num_tokens / max(seconds, 1e-9),
             "rollout/policy_version": float(batch.version),
             "rollout/restarts": float(self.rollouts.restarts),
+            "sampling/generated_tokens": float(batch.num_tokens),  # completion tokens sampled this step
+            "perf/generation_num_tokens": float(batch.prompt_mask.sum()) + batch.num_tokens,  # what generation ran
         }
 
     def reward(self, batch: Rollout, rows: list[dict]) -> dict[str, float]:
         """batch.rewards (N,): the verifier on each completion's final answer."""
         r = self.cfg.reward
         batch.rewards = rewards_of(batch.texts, [rows[int(i)]["answer"] for i in batch.group], r.correct, r.wrong)
+        return self.reward_metrics(batch)
+
+    def reward_metrics(self, batch: Rollout) -> dict[str, float]:
         return {
             "reward/mean": float(batch.rewards.mean()),
             "reward/std": float(batch.rewards.std()),
-            "reward/accuracy": float((batch.rewards == r.correct).float().mean()),
+            "reward/accuracy": float((batch.rewards == self.cfg.reward.correct).float().mean()),
+        }
+
+    def select(self, drawn: Rollout) -> tuple[Rollout, dict[str, float]]:
+        """The P groups that train (method.dapo.fill_groups): a single draw whole; under dynamic
+        sampling the first P with differing verifier rewards, padded with uninformative ones when
+        max_num_gen_batches draws hold too few (logged: sampling/padded_groups, and a warning)."""
+        g = self.cfg.grpo
+        informative = informative_groups(drawn.rewards.view(-1, g.group_size))  # (D,) over every drawn group
+        chosen, padded = fill_groups(informative, g.prompts_per_step)
+        batch = drawn.select((chosen[:, None] * g.group_size + torch.arange(g.group_size)).flatten())
+        batch.group = torch.arange(g.prompts_per_step).repeat_interleave(g.group_size)
+        metrics = {"perf/total_num_tokens": float(batch.prompt_mask.sum()) + batch.num_tokens}
+        if not g.dynamic_sampling:
+            return batch, metrics
+        if padded:
+            log.warning("dynamic sampling: %d draws held %d of the %d groups with differing rewards needed; %d "
+                        "uninformative groups fill the batch", len(informative) // g.prompts_per_step,
+                        int(informative.sum()), g.prompts_per_step, padded)
+        return batch, metrics | {
+            "sampling/batches": float(len(informative) // g.prompts_per_step),
+            "sampling/drawn_prompts": float(len(informative)),
+            "sampling/dropped_groups": float(int((~informative).sum()) - padded),
+            "sampling/padded_groups": float(padded),
+        }
+
+    def overlong(self, batch: Rollout) -> dict[str, float]:
+        """grpo.overlong on the batch that trains (method.dapo.OVERLONG): mask takes truncated
+        completions out of the loss, soft_penalty adds DAPO's length penalty to their rewards."""
+        g = self.cfg.grpo
+        cut = truncated(batch.completion_ids, batch.completion_mask, g.max_new_tokens, self.eos_id)  # (N,)
+        verifier = batch.rewards
+        batch.rewards, batch.completion_mask = OVERLONG[g.overlong](batch.rewards, batch.completion_mask, cut, g)
+        return {
+            "overlong/truncated_fraction": float(cut.float().mean()),
+            "overlong/masked_fraction": float((batch.completion_mask.sum(1) == 0).float().mean()),
+            "overlong/penalty_mean": float((batch.rewards - verifier).mean()),
         }
 
     def advantages(self, batch: Rollout) -> dict[str, float]:
@@ -130,9 +198,9 @@ def grpo_step(step: int, experience: Experience, learner: Learner, rank0: bool) 
     """One GRPO step on every rank. The experience is made once (rank 0) and shared."""
 
     def experience_of_step() -> tuple[Rollout, dict[str, float]]:
-        rows = experience.prompts(step)
-        batch, metrics = experience.generate(rows, step)  # G completions per prompt
-        metrics |= experience.reward(batch, rows)  # +1 / -1 on the final answer
+        drawn, metrics = experience.draw(step)  # G completions per prompt, +1 / -1 on the final answer
+        batch, selected = experience.select(drawn)  # the P groups that train (dynamic sampling: informative ones)
+        metrics |= selected | experience.overlong(batch)  # truncated completions: masked, or a length penalty
         metrics |= experience.advantages(batch)  # group-relative
         metrics |= experience.reference(batch)  # frozen start's log-probs (beta > 0)
         return batch, metrics
@@ -166,8 +234,11 @@ def grpo_worker(config: dict) -> None:
     workers: RLWorkers = config["workers"]
     rank0 = ray.train.get_context().get_world_rank() == 0
     torch.manual_seed(cfg.seed)
-    learner, tokenizer, start = start_learner(cfg)
-    experience = Experience(cfg, config["rows"], config["eval_rows"], workers, pad_id(tokenizer))
+    learner, tokenizer, state = start_learner(cfg)
+    start, generated = state["step"], state["generated_tokens"]
+    experience = Experience(cfg, config["rows"], config["eval_rows"], workers, pad_id(tokenizer),
+                            tokenizer.eos_token_id)
+    throughput = throughput_of(cfg, learner.device)
     sync_rollouts(learner, workers.rollouts, start, rank0)
     if rank0:
         ray.get(workers.sink.truncate.remote(start))  # a resumed run redoes the steps after its checkpoint
@@ -181,6 +252,11 @@ def grpo_worker(config: dict) -> None:
     for step in bar:
         t0 = time.perf_counter()
         batch, metrics = grpo_step(step, experience, learner, rank0)
+        step_seconds = time.perf_counter() - t0  # the GRPO step: evaluation outside, as in verl's step timer
+        metrics |= throughput.metrics(metrics["perf/total_num_tokens"], metrics["perf/generation_num_tokens"],
+                                      step_seconds, metrics["time/generate"])
+        generated += metrics["sampling/generated_tokens"]
+        metrics["sampling/generated_tokens_total"] = generated  # cumulative, across a resume
         done = step + 1
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             metrics |= shared(lambda: experience.evaluate(done))  # noqa: B023 (called at once)
@@ -192,8 +268,25 @@ def grpo_worker(config: dict) -> None:
         _report(learner, tokenizer, done, metrics, due=done % cfg.checkpoint_every == 0 or done == cfg.steps)
 
 
-def start_learner(cfg: RLConfig) -> tuple[Learner, Any, int]:
-    """This rank's learner from cfg.model, or from the latest Ray Train checkpoint (then its step)."""
+def throughput_of(cfg: RLConfig, device: torch.device) -> Throughput:
+    """What this run's perf/* metrics divide by: its GPU demand (1 when it reserves none: a
+    CPU-only run), the policy's parameters, the peak FLOP/s of one GPU for perf/mfu (grpo.peak_tflops,
+    else the learner's GPU in method.throughput.PEAK_TFLOPS; none on CPU unless given)."""
+    from rayrejuv.io.checkpoint import Checkpoint
+
+    g = cfg.grpo
+    with Checkpoint(cfg.model, role="policy") as ckpt:
+        params = sum(ckpt.meta(name).numel for name in ckpt.names)
+    tflops = g.peak_tflops
+    if tflops is None and device.type == "cuda":
+        tflops = peak_tflops(torch.cuda.get_device_name(device))
+    return Throughput(gpus=cfg.gpu_demand() or 1.0, params=params, updates=g.updates_per_batch,
+                      forward_passes=1 + int(g.beta > 0), peak_flops=None if tflops is None else tflops * 1e12)
+
+
+def start_learner(cfg: RLConfig) -> tuple[Learner, Any, dict]:
+    """This rank's learner from cfg.model, or from the latest Ray Train checkpoint, and the
+    trainer state ({"step", "generated_tokens"}: what the run had done)."""
     import ray.train
     import ray.train.torch
 
@@ -205,10 +298,10 @@ def start_learner(cfg: RLConfig) -> tuple[Learner, Any, int]:
     learner = Learner(from_pretrained(cfg.model, DTYPES[cfg.learner.dtype]), cfg.grpo, cfg.learner, device)
     restored = ray.train.get_checkpoint()
     if restored is None:
-        return learner, tokenizer, 0
+        return learner, tokenizer, {"step": 0, "generated_tokens": 0.0}
     with restored.as_directory() as d:
         learner.load(Path(d))
-        return learner, tokenizer, json.loads((Path(d) / STATE_FILE).read_text())["step"]
+        return learner, tokenizer, json.loads((Path(d) / STATE_FILE).read_text())
 
 
 def _report(learner, tokenizer, step: int, metrics: dict, due: bool) -> None:
@@ -222,5 +315,6 @@ def _report(learner, tokenizer, step: int, metrics: dict, due: bool) -> None:
     scalars = {k: float(v) for k, v in metrics.items()} | {"step": step}
     with tempfile.TemporaryDirectory() as d:
         learner.save(Path(d), tokenizer)
-        (Path(d) / STATE_FILE).write_text(json.dumps({"step": step}))
+        state = {"step": step, "generated_tokens": metrics["sampling/generated_tokens_total"]}
+        (Path(d) / STATE_FILE).write_text(json.dumps(state))
         ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
