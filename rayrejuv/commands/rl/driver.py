@@ -101,6 +101,9 @@ def _check_gpus(cfg: RLConfig, resources: dict) -> None:
     need, have = cfg.gpu_demand(), resources.get("GPU", 0.0)
     if cluster_address(cfg.ray.address) or need <= have + 1e-6:
         return
+    if cfg.colocated_gpus():
+        raise RejuvError(f"placement=colocated shares {need:g} GPUs (one per learner worker) but this Ray instance "
+                         f"has {have:g}: lower learner.workers and rollout.workers to {have:g}")
     reference = cfg.reference_gpus() if cfg.grpo.beta > 0 else 0.0
     raise RejuvError(
         f"the run reserves {need:g} GPUs (learner {cfg.learner.workers} x {cfg.learner.gpus_per_worker:g} with "
@@ -177,7 +180,8 @@ def fit(cfg: RLConfig, layout: RunLayout, workers: RLWorkers, rows: list[dict], 
                            "workers": workers, "progress": progress},
         torch_config=TorchConfig(backend="nccl" if learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=learner.workers, use_gpu=learner.use_gpu,
-                                     resources_per_worker=learner.worker_resources()),
+                                     resources_per_worker=cfg.learner_resources(),
+                                     label_selector=workers.placement.learner_label_selector()),
         run_config=RunConfig(
             name="grpo",
             storage_path=str(layout.storage),

@@ -10,7 +10,8 @@ from typing import Any
 
 from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.distributed.metrics_sink import start_sink
-from rayrejuv.distributed.reference import start_reference
+from rayrejuv.distributed.placement import start_placement
+from rayrejuv.distributed.reference import REFERENCE_CPUS, start_reference
 from rayrejuv.distributed.rollout_group import RolloutGroup
 from rayrejuv.runs.tracking import Run
 
@@ -20,6 +21,7 @@ class RLWorkers:
     rollouts: RolloutGroup  # hf / vLLM actors: generate, complete, sync weights
     reference: Any | None  # ReferenceWorker actor: the frozen start's log-probs (None when beta = 0)
     sink: Any  # MetricsSink actor on the driver's node: metrics.jsonl + the MLflow run
+    placement: Any  # placement.Separate or placement.Colocation: where the learner workers go (label selectors)
 
     def records(self) -> list[dict]:
         import ray
@@ -32,19 +34,24 @@ class RLWorkers:
         self.rollouts.shutdown()
         if self.reference is not None:
             ray.kill(self.reference)
+        self.placement.remove()
 
 
 @contextmanager
 def start_workers(cfg: RLConfig, metrics: Path, run: Run) -> Iterator[RLWorkers]:
-    """Sink, rollout actors (loaded from cfg.model) and the reference (beta > 0); ended on exit."""
+    """Sink, the placement (cfg.placement), rollout actors (loaded from cfg.model) and the reference
+    (beta > 0) placed by it; ended on exit."""
     sink = start_sink(metrics, run.tracking_uri, run.run_id)
-    rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed)
+    reference_cpus = REFERENCE_CPUS if cfg.grpo.beta > 0 else 0.0
+    placement = start_placement(cfg.placement, cfg.rollout.workers, cfg.rollout.cpus_per_worker, reference_cpus,
+                                gpu=cfg.colocated_gpus())
+    rollouts = RolloutGroup(str(cfg.model), cfg.rollout, cfg.seed, placement.rollout_options())
     reference = None
     if cfg.grpo.beta > 0:
         g = cfg.grpo
         reference = start_reference(cfg.model, cfg.rollout, cfg.reference_gpus(), g.micro_batch_size,
-                                    g.logprob_chunk_size)
-    workers = RLWorkers(rollouts, reference, sink)
+                                    g.logprob_chunk_size, placement.reference_options())
+    workers = RLWorkers(rollouts, reference, sink, placement)
     try:
         yield workers
     finally:
