@@ -1,6 +1,8 @@
-"""GPU checks (marker `gpu`, never selected by the default `-m`): `rayrejuv rl` with the hf rollout
-backend on CUDA and a GPU learner sharing ONE GPU (fractional Ray GPUs), DeepSpeed ZeRO-2/3 vs DDP
-(nccl) end to end, and `rayrejuv rejuvenate` on CUDA vs CPU. Run on a CUDA machine:
+"""GPU checks (marker `gpu`, never selected by the default `-m`): `rayrejuv rl` with placement=colocated
+on ONE GPU (rollout engine, reference and learner in the colocated placement group's shares), `rayrejuv
+rl` with the hf rollout backend on CUDA and a GPU learner sharing one GPU (fractional Ray GPUs),
+DeepSpeed ZeRO-2/3 vs DDP (nccl) end to end, and `rayrejuv rejuvenate` on CUDA vs CPU. Run on a CUDA
+machine:
 
     scripts/gpu-check.sh                      # or: python -m pytest -m gpu tests/test_gpu.py -s
 
@@ -42,8 +44,31 @@ def record(name: str, values: dict) -> None:
         path.write_text(json.dumps(data, indent=1))
 
 
+COLOCATED = {"placement": "colocated", "rollout": {"device": "cuda"}, "learner": {"use_gpu": True, "engine": "ddp"}}
+
+
 def test_cuda_is_there():
     assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+
+
+def test_colocated_rl_on_one_gpu_syncs_exactly(adder, tmp_path):
+    """placement=colocated on one GPU: the rollout engine (0.4), the reference (0.2) and the learner
+    (0.4) in the shares the placement sets; 10 steps of the adder task in float32, the weights synced
+    over the run's sync (rollout.sync) after every update: sampling log-probs = the learner's."""
+    from rayrejuv.commands.rl.driver import run_rl
+
+    cfg = cpu_rl_config(adder, tmp_path / "colocated", **merge_overrides(COLOCATED, {"steps": 10, "eval_every": 0}))
+    assert cfg.gpu_demand() == 1.0 and cfg.learner_resources()["GPU"] + cfg.reference_gpus() < 1.0
+    summary = run_rl(cfg, progress=False)
+    steps = [r for r in records(tmp_path / "colocated") if "reward/mean" in r]
+    diffs = [r["rollout/logprob_abs_diff"] for r in steps]
+    record("rl_adder_colocated_one_gpu", {
+        "logprob_abs_diff_max": max(diffs), "mean_step_s": summary.mean_step_seconds, "seconds": summary.seconds,
+        "time_sync_mean": sum(r["time/sync"] for r in steps) / len(steps), "sync": cfg.rollout.sync,
+    })
+    assert [r["rollout/policy_version"] for r in steps] == list(range(10))
+    assert max(diffs) < 1e-5
+    assert all(r["policy/update_norm"] > 0 for r in steps)
 
 
 @pytest.fixture(scope="module")
