@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.distributed.metrics_sink import start_sink
-from rayrejuv.distributed.placement import start_placement
+from rayrejuv.distributed.placement import Colocation, Separate, start_placement
 from rayrejuv.distributed.reference import REFERENCE_CPUS, start_reference
 from rayrejuv.distributed.rollout_group import RolloutGroup
 from rayrejuv.runs.tracking import Run
@@ -21,7 +21,8 @@ class RLWorkers:
     rollouts: RolloutGroup  # hf / vLLM actors: generate, complete, sync weights
     reference: Any | None  # ReferenceWorker actor: the frozen start's log-probs (None when beta = 0)
     sink: Any  # MetricsSink actor on the driver's node: metrics.jsonl + the MLflow run
-    placement: Any  # placement.Separate or placement.Colocation: where the learner workers go (label selectors)
+    # where the learner workers go (Colocation: label selectors) and the group removed on shutdown; default: none
+    placement: Separate | Colocation = field(default_factory=lambda: Separate(0))
 
     def records(self) -> list[dict]:
         import ray
