@@ -6,8 +6,10 @@ after the engines average gradients over ranks, 1 worker and W workers take the 
 
 Memory: the engine wraps a CompletionScorer (log-probs with the LM head a chunk of tokens at a
 time, never the (n, P+T, V) logits), the model's layers recompute their activations in the
-backward (gradient checkpointing, on by default as in TRL's GRPO), and one copy of the weights
-on CPU serves the update norm, the rollout sync and the checkpoints.
+backward (gradient checkpointing, on by default as in TRL's GRPO). The rollout sync walks the
+parameters where they live (gathered bucket by bucket under ZeRO-3); the update norm compares them
+with the previous step's, kept on the learner's device in the learner's dtype (under ZeRO-3 each
+rank keeps its own partition); checkpoints read the parameters themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig
+from rayrejuv.distributed.weight_sync import WeightSource
 from rayrejuv.method.grpo import grpo_loss
 from rayrejuv.models.loading import DTYPES
 from rayrejuv.models.logprobs import CompletionScorer, score_completions
@@ -113,6 +116,19 @@ class DDPEngine:
         """The full parameters (detached, on their device) while the context lasts."""
         return contextlib.nullcontext({k: p.detach() for k, p in self.module.named_parameters()})
 
+    def walk(self, bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """The full parameters one at a time (tied ones once), detached, on their device."""
+        return ((k, p.detach()) for k, p in self.module.named_parameters())
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(p.shape) for k, p in self.module.named_parameters()}
+
+    def local_weights(self) -> dict[str, torch.Tensor]:
+        """The parameter values this rank holds (all of them: DDP replicates)."""
+        return {k: p.detach() for k, p in self.module.named_parameters()}
+
+    partitioned = False  # local_weights are every parameter, on every rank
+
     def save(self, directory: Path) -> None:
         if _rank() == 0:
             torch.save(self.opt.state_dict(), directory / "optimizer.pt")
@@ -167,11 +183,46 @@ class DeepSpeedEngine:
         with ctx:
             yield {k: p.detach() for k, p in params}
 
+    def walk(self, bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """The full parameters one at a time; under ZeRO-3 gathered about `bucket_bytes` at a time (a
+        collective: every rank walks to the end), each valid until the walk moves past its group."""
+        params = list(self.module.named_parameters())
+        if self.stage != 3:
+            yield from ((k, p.detach()) for k, p in params)
+            return
+        for group in _consecutive_groups(params, [p.ds_numel * p.element_size() for _, p in params], bucket_bytes):
+            with self._ds.zero.GatheredParameters([p for _, p in group]):
+                yield from ((k, p.detach()) for k, p in group)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Full shapes (ZeRO-3's parameters are empty outside a gather; ds_shape is the full one)."""
+        return {k: tuple(p.ds_shape if self.stage == 3 else p.shape) for k, p in self.module.named_parameters()}
+
+    def local_weights(self) -> dict[str, torch.Tensor]:
+        """The parameter values this rank holds: ZeRO-3's partition of each (ds_tensor), else all."""
+        return {k: (p.ds_tensor if self.stage == 3 else p).detach() for k, p in self.module.named_parameters()}
+
+    @property
+    def partitioned(self) -> bool:
+        return self.stage == 3
+
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False)
 
     def load(self, directory: Path) -> None:
         self.engine.load_checkpoint(str(directory), tag="deepspeed", load_module_strict=True)
+
+
+def _consecutive_groups(items: list, sizes: list[int], budget: int) -> list[list]:
+    """`items` in order, cut into runs of total size <= budget (an item larger than it alone)."""
+    groups, total = [[]], 0
+    for item, size in zip(items, sizes):
+        if groups[-1] and total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += size
+    return [g for g in groups if g]
 
 
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
@@ -191,8 +242,8 @@ class Learner:
         model.to(device).train()
         scorer = CompletionScorer(model, grpo.logprob_chunk_size)
         self.engine = ENGINES[learner.resolved_engine()](scorer, grpo, learner, device)
-        with self.engine.full_weights() as full:  # the one CPU copy: update norm, rollout sync, checkpoints
-            self._last_weights = {k: p.to("cpu", copy=True) for k, p in full.items()}
+        # the previous step's values of this rank's parameters, for the update norm (learner device and dtype)
+        self._previous = {k: t.clone() for k, t in self.engine.local_weights().items()}
 
     @property
     def module(self) -> torch.nn.Module:
@@ -283,20 +334,29 @@ class Learner:
 
     @torch.no_grad()
     def _refresh_weights(self) -> float:
-        """Overwrite the CPU copy with the updated parameters, in place (no second copy of the
-        model), and return ||new - old||, the step's update norm."""
-        total = 0.0
-        with self.engine.full_weights() as full:
-            for k, p in full.items():
-                last = self._last_weights[k]
-                new = p.to("cpu")  # a view on CPU; one tensor's copy from an accelerator
-                total += float((new.float() - last.float()).pow(2).sum())
-                last.copy_(new)
-        return math.sqrt(total)
+        """||new - old||, the update's norm over every parameter, computed on the learner's device
+        (one float out at the end); the previous values are overwritten with the new ones in place.
+        Under ZeRO-3 each rank sums over its own partitions and the sums are all-reduced."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for k, now in self.engine.local_weights().items():
+            before = self._previous[k]
+            total += (now.float() - before.float()).pow(2).sum()  # float32 squares, summed per tensor
+            before.copy_(now)
+        if self.engine.partitioned and _world() > 1:
+            total = total.to(_collective_device())
+            torch.distributed.all_reduce(total)
+        return math.sqrt(float(total))
+
+    def weight_source(self, bucket_bytes: int) -> WeightSource:
+        """The parameters for a rollout sync, walked where they live (gathered about `bucket_bytes`
+        at a time under ZeRO-3: a walk every rank takes)."""
+        return WeightSource(self.engine.shapes(), lambda: self.engine.walk(bucket_bytes), self.device,
+                            transient=self.engine.partitioned, collective=self.engine.partitioned and _world() > 1)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The full, current parameters on CPU (for the rollout workers)."""
-        return self._last_weights
+        """A CPU copy of the full, current parameters, in the learner's dtype (a collective under ZeRO-3)."""
+        with self.engine.full_weights() as full:
+            return {k: p.to("cpu", copy=True) for k, p in full.items()}
 
     def save(self, directory: Path, tokenizer) -> None:
         """model/ (an HF checkpoint in learner.save_dtype, rank 0), the parameters at full precision
@@ -305,11 +365,12 @@ class Learner:
         dtype = self.learner_cfg.save_dtype
         if dtype not in DTYPES:
             raise ValueError(f"learner.save_dtype={dtype!r}: `rayrejuv rl` resolves 'auto' to the start's dtype")
-        if _rank() == 0:
-            save_model(self.module, self._last_weights, dtype, directory / "model")
-            tokenizer.save_pretrained(directory / "model")
-            if any(v.dtype != DTYPES[dtype] for v in self._last_weights.values()):
-                torch.save(self._last_weights, directory / MASTER)
+        with self.engine.full_weights() as full:  # a collective under ZeRO-3: every rank gathers
+            if _rank() == 0:
+                save_model(self.module, full, dtype, directory / "model")
+                tokenizer.save_pretrained(directory / "model")
+                if any(v.dtype != DTYPES[dtype] for v in full.values()):  # torch.save streams each tensor
+                    torch.save({k: p.to("cpu") for k, p in full.items()}, directory / MASTER)
         self.engine.save(directory)
 
     def load(self, directory: Path) -> None:
@@ -323,15 +384,15 @@ class Learner:
                 state.update(load_file(f))
         self.module.load_state_dict(state, strict=False)  # load_state_dict casts to the parameters' dtype
         self.engine.load(directory)
-        with self.engine.full_weights() as full:
-            for k, p in full.items():
-                self._last_weights[k].copy_(p)
+        for k, t in self.engine.local_weights().items():
+            self._previous[k].copy_(t)
 
 
 def save_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: str, target: Path) -> None:
     """save_pretrained of `weights` cast to `dtype`, with config.json's dtype saying so
-    (save_pretrained writes the parameters' dtype there)."""
-    cast = {k: v.to(DTYPES[dtype]) for k, v in weights.items()}
+    (save_pretrained writes the parameters' dtype there). Each tensor is copied to CPU memory of its
+    own: parameters can be views of one flat buffer (DeepSpeed), which safetensors refuses."""
+    cast = {k: v.to("cpu", DTYPES[dtype], copy=True) for k, v in weights.items()}
     model.save_pretrained(target, state_dict=cast)
     config = target / "config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"dtype": dtype}, indent=2) + "\n")

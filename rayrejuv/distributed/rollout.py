@@ -2,8 +2,10 @@
 
 A worker holds a copy of the policy. Prompts arrive as token ids (rendered once by the driver,
 rayrejuv.data.chat.encode_prompt). `generate` returns a `Rollout` (token ids and sampling
-log-probs); `complete` returns texts only (evaluation); `load_weights` takes the learner's
-state dict after every update. Workers know nothing of GRPO.
+log-probs); `complete` returns texts only (evaluation). After every update the weights arrive
+either over the sync process group (`join_sync` once, then `receive_sync`: rollout.sync=collective)
+or as a state dict through the object store (`load_weights`); `weight_checksums` fingerprints what
+the worker then holds. Workers know nothing of GRPO.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_point
+from rayrejuv.distributed.weight_sync import Checksums, Receiver, WeightSyncError
+from rayrejuv.method.buckets import BucketPlan, checksum, flat_layout
 from rayrejuv.models.rollout import Rollout, Sampling
 
 
@@ -35,6 +39,8 @@ class HFRolloutWorker:
         self.model.requires_grad_(True)
         self.tokenizer = load_tokenizer(ckpt)
         self.version = 0
+        self._receiver: Receiver | None = None  # the sync group, once joined
+        self._layout: tuple | None = None  # (plan, flat buffer the parameters live in, each bucket's region of it)
 
     def generate(self, prompts: list[list[int]], s: Sampling) -> Rollout:
         from rayrejuv.models.loading import pad_id
@@ -70,6 +76,45 @@ class HFRolloutWorker:
         self.version = version
         return version
 
+    def sync_info(self) -> dict:
+        """What the sync needs to know: members in the group (one: this process), where the weights
+        live and their dtype (the sender casts to it)."""
+        return {"members": 1, "device": self.model.device.type, "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+    def join_sync(self, rendezvous: dict, rank: int) -> None:
+        """Join (or rejoin: a new generation) the sync group as `rank`. The plan must name exactly
+        this model's parameters (tied ones once) with their shapes and dtypes; the parameters then
+        move into one flat buffer laid out like the plan's buckets, so buckets land in them."""
+        self._receiver = None  # the previous group's connections go first
+        receiver = Receiver(rendezvous, rank, self.model.device)
+        if self._layout is None or self._layout[0] != receiver.plan:
+            _check_plan(receiver.plan, dict(self.model.named_parameters()))
+            self._layout = (receiver.plan, *_relayout(receiver.plan, dict(self.model.named_parameters())))
+        self._receiver = receiver
+
+    @torch.no_grad()
+    def receive_sync(self, version: int) -> list[Checksums]:
+        """One sync: each bucket is received straight into the parameters' memory (through a staging
+        buffer when the group's device is not the model's: gloo for a CUDA model); each parameter is
+        checksummed once its last bucket is in, while the next one arrives."""
+        plan, _, regions = self._layout
+        params = dict(self.model.named_parameters())
+        staged = self._receiver.device != self.model.device
+        sums: Checksums = {}
+        for b, buf in self._receiver.buckets(into=None if staged else regions.__getitem__):
+            if staged:
+                regions[b].copy_(buf)
+            for piece in plan.buckets[b].pieces:
+                s = plan.specs[piece.tensor]
+                if piece.stop == s.numel:
+                    sums[s.name] = checksum(params[s.name])
+        self.version = version
+        return [sums]
+
+    def weight_checksums(self) -> list[Checksums]:
+        """The checksums of the parameters this worker samples with (tied ones once), one member."""
+        return [{k: checksum(p) for k, p in self.model.named_parameters()}]
+
     def sleep(self) -> None:
         """The hf backend keeps its weights resident; on CUDA it returns the caching allocator's
         free blocks (generate's scores: N x V floats per new token) to a GPU it may share with
@@ -84,6 +129,35 @@ class HFRolloutWorker:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+
+def _check_plan(plan: BucketPlan, params: dict[str, torch.Tensor]) -> None:
+    """The plan's tensors are these parameters, in their shapes and dtypes, contiguous (copied into
+    through flat views)."""
+    names = [s.name for s in plan.specs]
+    if sorted(names) != sorted(params):
+        raise WeightSyncError(f"weight sync plan names {sorted(set(names) ^ set(params))[:5]} that the rollout "
+                              "model lacks or that it does not send")
+    for s in plan.specs:
+        p = params[s.name]
+        if tuple(p.shape) != s.shape or p.dtype != s.torch_dtype or not p.is_contiguous():
+            raise WeightSyncError(f"weight sync: {s.name} is {tuple(p.shape)} {p.dtype} in the rollout model, "
+                                  f"{s.shape} {s.dtype} in the plan (or not contiguous)")
+
+
+@torch.no_grad()
+def _relayout(plan: BucketPlan, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every parameter re-pointed (values kept) at its run in one flat uint8 buffer laid out like the
+    plan (method.buckets.flat_layout); the buffer and each bucket's region of it. Old storages go as
+    each parameter moves (one tensor's worth of extra memory, not a model's)."""
+    starts, offsets, total = flat_layout(plan)
+    device = next(iter(params.values())).device
+    flat = torch.empty(total, dtype=torch.uint8, device=device)
+    for s, at in zip(plan.specs, offsets):
+        view = flat[at : at + s.nbytes].view(s.torch_dtype).view(s.shape)
+        view.copy_(params[s.name])
+        params[s.name].data = view
+    return flat, [flat[start : start + b.nbytes] for start, b in zip(starts, plan.buckets)]
 
 
 def _tied_keys(model) -> set[str]:

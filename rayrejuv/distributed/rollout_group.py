@@ -1,17 +1,36 @@
 """Rollout actors behind one object: the driver asks for rollouts of prompts and pushes weights;
 it never sees actors. A crashed actor is restarted by Ray, given the current weights again, and
-its share of the prompts is redone."""
+its share of the prompts is redone.
+
+Weights travel one of two ways (rollout.sync, the SYNCS registry): `collective`, broadcast bucket
+by bucket over a process group of learner rank 0 and every rollout engine (weight_sync.py), or
+`object_store`, one ray.put of the state dict that every actor loads. Either way each actor then
+reports checksums of the weights it holds, and a mismatch with the sent ones is an error.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping
 
 import torch
 
 from rayrejuv.config.rl import RolloutConfig
 from rayrejuv.distributed.faults import fault_env
 from rayrejuv.distributed.partition import contiguous_ranges
+from rayrejuv.distributed.weight_sync import (
+    BUFFER_DEVICE,
+    TIMEOUT,
+    Rendezvous,
+    SyncGroup,
+    WeightSource,
+    WeightSyncError,
+    check_checksums,
+    send,
+)
+from rayrejuv.method.buckets import checksum, plan_buckets
 from rayrejuv.models.rollout import Rollout, Sampling
 
 
@@ -59,8 +78,8 @@ class RolloutGroup:
             )
             for i in range(cfg.workers)
         ]
-        ray.get([a.policy_version.remote() for a in self.actors])  # fail here, not mid-step
-        self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
+        self.info = ray.get([a.sync_info.remote() for a in self.actors])  # fail here, not mid-step
+        self.weights = SYNCS[cfg.sync](self.actors, self.info, cfg)  # how weights reach the actors
         self.restarts = 0
 
     def _map(self, method: str, prompts: list[list[int]], s: Sampling) -> list:
@@ -88,19 +107,19 @@ class RolloutGroup:
         return [out[i] for i in range(len(shares))]
 
     def _resend(self, actor) -> None:
+        """Wait for a restarted actor (it starts from the initial model), then give it the current weights."""
         import ray
         from ray.exceptions import RayActorError
 
         for _ in range(60):
             try:
-                if self._weights is None:
-                    ray.get(actor.policy_version.remote())
-                else:
-                    ray.get(actor.load_weights.remote(*self._weights))
-                return
+                ray.get(actor.policy_version.remote())
+                break
             except RayActorError:  # still restarting
                 time.sleep(1.0)
-        raise RuntimeError("a rollout actor did not come back after a crash")
+        else:
+            raise RuntimeError("a rollout actor did not come back after a crash")
+        self.weights.resend(actor)
 
     def generate(self, prompts: list[list[int]], s: Sampling, pad_id: int) -> Rollout:
         """All sequences of all actors, in prompt order; `group` indexes `prompts`."""
@@ -109,18 +128,11 @@ class RolloutGroup:
     def complete(self, prompts: list[list[int]], s: Sampling) -> list[list[str]]:
         return [texts for part in self._map("complete", prompts, s) for texts in part]
 
-    def sync(self, state_dict: dict, version: int) -> None:
-        """Every actor loads the learner's weights, sent in the hf actors' dtype (vLLM: as given),
-        through the object store without a pickled copy (SharedWeights); kept for restarts."""
-        import ray
-
-        from rayrejuv.models.loading import DTYPES
-
-        dtype = DTYPES[self.cfg.dtype] if self.cfg.backend == "hf" else None
-        self._weights = None  # the previous sync's object can go before this one is written
-        ref = ray.put(SharedWeights({k: v if dtype is None else v.to(dtype) for k, v in state_dict.items()}))
-        self._weights = (ref, version)
-        ray.get([a.load_weights.remote(ref, version) for a in self.actors])
+    def sync(self, weights: WeightSource | Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+        """Every actor gets the learner's weights (a WeightSource, or a state dict), cast by the sender
+        to the actors' dtype, as policy `version`; checked by checksum. Returns the sync's metrics."""
+        source = weights if isinstance(weights, WeightSource) else WeightSource.of(weights)
+        return self.weights.sync(source, version)
 
     def sleep(self) -> None:
         """Free accelerator memory while the learner trains (vLLM sleep mode; a no-op for hf)."""
@@ -138,3 +150,142 @@ class RolloutGroup:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def _rollout_dtype(info: list[dict]) -> torch.dtype:
+    """The dtype every actor holds its weights in (the sender casts to it)."""
+    dtypes = {i["dtype"] for i in info}
+    if len(dtypes) != 1:
+        raise WeightSyncError(f"rollout actors hold their weights in different dtypes: {sorted(dtypes)}")
+    return getattr(torch, dtypes.pop())
+
+
+def _member_names(info: list[dict]) -> list[str]:
+    """Who each sync member is, in rank order (ranks 1..n)."""
+    return [f"rollout actor {i} (member {j} of {n['members']})"
+            for i, n in enumerate(info) for j in range(n["members"])]
+
+
+class ObjectStoreSync:
+    """rollout.sync=object_store: one ray.put of the state dict in the actors' dtype (SharedWeights:
+    each tensor's bytes written once, mapped by every actor) that each loads; kept for restarts."""
+
+    def __init__(self, actors: list, info: list[dict], cfg: RolloutConfig):
+        self.actors, self.info, self.dtype = actors, info, _rollout_dtype(info)
+        self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
+        self._sent = None  # its checksums
+
+    def sync(self, source: WeightSource, version: int) -> dict[str, float]:
+        import ray
+
+        self._weights = None  # the previous sync's object can go before this one is written
+        state = {k: v.to("cpu", self.dtype, copy=source.transient) for k, v in source.walk()}
+        self._sent = {k: checksum(v) for k, v in state.items()}
+        self._weights = (ray.put(SharedWeights(state)), version)
+        del state
+        ray.get([a.load_weights.remote(*self._weights) for a in self.actors])
+        got = [m for sums in ray.get([a.weight_checksums.remote() for a in self.actors]) for m in sums]
+        check_checksums(self._sent, got, _member_names(self.info))
+        return {"sync/checksum_ok": 1.0, "sync/gbytes": _nbytes(source, self.dtype)}
+
+    def resend(self, actor) -> None:
+        import ray
+
+        if self._weights is not None:
+            ray.get(actor.load_weights.remote(*self._weights))
+
+
+def _nbytes(source: WeightSource, dtype: torch.dtype) -> float:
+    """GB of weights a sync sends to each member."""
+    return sum(s.nbytes for s in source.specs(dtype)) / 1e9
+
+
+class CollectiveSync:
+    """rollout.sync=collective: this process (learner rank 0) broadcasts the weights bucket by bucket
+    to every member (an hf actor; each vLLM tensor-parallel worker) over a process group built at the
+    first sync (NCCL when the learner and every actor are on CUDA, else gloo) and rebuilt under a new
+    generation when an actor restarts."""
+
+    def __init__(self, actors: list, info: list[dict], cfg: RolloutConfig):
+        self.actors, self.info, self.dtype = actors, info, _rollout_dtype(info)
+        self.bucket_bytes = cfg.sync_bucket_mb << 20
+        self.store = self.group = self.plan = self.source = None
+        self.host, self.backend, self.generation, self.version = "", "gloo", 0, 0
+
+    def __getstate__(self) -> dict:
+        """A copy (each Ray Train worker gets one) builds its own group when it first syncs."""
+        return self.__dict__ | {"store": None, "group": None, "source": None}
+
+    def sync(self, source: WeightSource, version: int) -> dict[str, float]:
+        if self.group is None:
+            self._join(source)
+        self.source, self.version = source, version
+        return self._send()
+
+    def resend(self, actor) -> None:
+        """After `actor` restarted: every member joins a new generation of the group and gets the
+        current weights again (the restarted one needs them, the others get the same bytes)."""
+        if self.source is None:  # nothing synced yet: the actor starts from the model every one loaded
+            return
+        if self.source.collective:
+            raise WeightSyncError(
+                "a rollout actor restarted, and the learner's weights can only be walked by every learner rank "
+                "together (ZeRO-3): the run fails here and Ray Train resumes it from its last checkpoint; use "
+                "rollout.sync=object_store to re-send from the object store instead"
+            )
+        self._join(self.source)
+        self._send()
+
+    def _join(self, source: WeightSource) -> None:
+        """The bucket plan and a new generation of the group: each actor's join and ours, concurrently."""
+        import ray
+
+        self.plan = plan_buckets(source.specs(self.dtype), self.bucket_bytes)
+        on_cuda = source.device.type == "cuda" and all(i["device"] == "cuda" for i in self.info)
+        if self.store is None:
+            self.host = ray.util.get_node_ip_address()
+            self.store = torch.distributed.TCPStore(self.host, 0, None, True, TIMEOUT, wait_for_workers=False)
+        members = [i["members"] for i in self.info]
+        rdv = Rendezvous(self.host, self.store.port, 1 + sum(members), self.generation,
+                         "nccl" if on_cuda else "gloo", self.plan.to_wire())
+        self.generation += 1
+        firsts = [1 + sum(members[:i]) for i in range(len(members))]  # each actor's first rank
+        refs = [a.join_sync.remote(rdv.to_wire(), r) for a, r in zip(self.actors, firsts)]
+        self.group = None  # the previous generation's connections go first
+        self.group = _alongside(lambda: SyncGroup(rdv, 0, self.store), refs)
+        self.backend = rdv.backend
+
+    def _send(self) -> dict[str, float]:
+        import ray
+
+        refs = [a.receive_sync.remote(self.version) for a in self.actors]
+        device = BUFFER_DEVICE[self.backend](self.source.device)
+        sent = send(self.group, self.plan, self.source.walk(), device)
+        check_checksums(sent, [m for sums in ray.get(refs) for m in sums], _member_names(self.info))
+        return {"sync/checksum_ok": 1.0, "sync/gbytes": self.plan.nbytes / 1e9,
+                "sync/buckets": float(len(self.plan.buckets))}
+
+
+def _alongside(build: Callable[[], SyncGroup], refs: list) -> SyncGroup:
+    """Our side of a rendezvous (it blocks until every member has joined) in a thread while the
+    members' join calls run: a member that fails to join raises here at once, not at the timeout."""
+    import ray
+
+    box: dict = {}
+
+    def ours() -> None:
+        try:
+            box["group"] = build()
+        except BaseException as e:  # re-raised below, in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=ours, daemon=True)
+    thread.start()
+    ray.get(refs)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["group"]
+
+
+SYNCS = {"collective": CollectiveSync, "object_store": ObjectStoreSync}

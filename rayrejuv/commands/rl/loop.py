@@ -6,7 +6,7 @@
         batch.advantages = advantages(batch.rewards)    group-relative (each prompt's G samples)
         batch.ref_logprobs = reference(batch)           frozen starting checkpoint (beta > 0)
         learner.update(batch)                           clipped surrogate + KL, DDP / DeepSpeed
-        rollouts.sync(learner.weights())                new policy for the next step
+        rollouts.sync(learner.weight_source())          new policy for the next step (checksummed)
 
 The first four (the `Experience`) run once, on rank 0, and are shared with every rank; each
 learner rank trains on its slice. Metrics go to the MetricsSink actor (metrics.jsonl + MLflow);
@@ -209,15 +209,23 @@ def grpo_step(step: int, experience: Experience, learner: Learner, rank0: bool) 
     t0 = time.perf_counter()
     metrics |= learner.update(batch)  # clipped surrogate + KL on this rank's rows; DDP / DeepSpeed
     t1 = time.perf_counter()
-    sync_rollouts(learner, experience.rollouts, step + 1, rank0)  # the next step samples the new policy
+    metrics |= sync_rollouts(learner, experience.rollouts, step + 1, rank0)  # the next step samples the new policy
     metrics |= {"time/learn": t1 - t0, "time/sync": time.perf_counter() - t1}
     return batch, metrics
 
 
-def sync_rollouts(learner: Learner, rollouts, version: int, rank0: bool) -> None:
-    weights = learner.weights()  # on every rank (gathered by the update: a collective under ZeRO-3)
+def sync_rollouts(learner: Learner, rollouts, version: int, rank0: bool) -> dict[str, float]:
+    """The rollout actors get the learner's weights as policy `version` (rollout.sync: a broadcast
+    over the sync group, or the object store), checked by checksum; the sync's metrics on every rank.
+    Rank 0 sends; the other ranks walk the weights too, since ZeRO-3 gathers them collectively."""
+    weights = learner.weight_source(rollouts.cfg.sync_bucket_mb << 20)
     if rank0:
-        rollouts.sync(weights, version=version)
+        metrics = rollouts.sync(weights, version=version)
+    else:
+        metrics = {}
+        for _ in weights.walk():  # each step of the walk is a gather every rank joins (ZeRO-3)
+            pass
+    return shared(lambda: metrics)
 
 
 def grpo_worker(config: dict) -> None:
