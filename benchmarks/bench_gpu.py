@@ -468,8 +468,9 @@ def skip_reason(part: str, have: dict) -> str | None:
         return None
     line = f"skipped: needs {', '.join(missing)}, not installed"
     if "vllm (a CUDA build)" in missing:
-        line += (" (vLLM wheels are hundreds of MB and pin their own torch: they cannot travel to a machine "
-                 "without a package index); rl-colocated is compared with `trl` instead")
+        line += (" (vllm 0.33.0's wheel is 336 MB, over the 64 MiB a device call carries, and it pins "
+                 "torch==2.14.0: it cannot travel to a machine without a package index); rl-colocated is "
+                 "compared with `trl` instead")
     return line + "; pack it with ../shared/tools/pack-for-device.sh (benchmarks/README.md)"
 
 

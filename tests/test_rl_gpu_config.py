@@ -43,3 +43,14 @@ def test_defaults_keep_one_gpu_per_learner_worker():
 def test_bad_gpu_shares_are_refused_with_the_fix(values, message):
     with pytest.raises(ValueError, match=message):
         cfg(**values)
+
+
+def test_colocated_sets_the_shares_that_separate_needs_set():
+    """hf rollouts on CUDA with no share given: separate refuses it (Ray would hide the GPU), colocated
+    reserves one GPU and splits it (learner 0.4 + rollout 0.4 + reference 0.2)."""
+    values = {"rollout": {"device": "cuda"}, "learner": {"use_gpu": True, "engine": "ddp"}}
+    with pytest.raises(ValueError, match="rollout.gpus_per_worker > 0"):
+        cfg(**values)
+    c = cfg(placement="colocated", **values)
+    assert c.gpu_demand() == 1.0
+    assert c.learner_resources()["GPU"] + c.reference_gpus() == pytest.approx(0.6)
