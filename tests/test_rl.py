@@ -72,6 +72,8 @@ def test_rollout_logprobs_equal_learner_after_every_sync(clean_run):
     steps = [r for r in records(clean_run[0]) if "reward/mean" in r]
     assert [r["rollout/policy_version"] for r in steps] == list(range(30))
     assert max(r["rollout/logprob_abs_diff"] for r in steps) < 1e-5
+    # rollout.sync=collective (the default): every sync's checksums matched the learner's
+    assert all(r["sync/checksum_ok"] == 1.0 and r["sync/gbytes"] > 0 for r in steps)
     assert all(r["policy/update_norm"] > 0 for r in steps)
 
 

@@ -27,6 +27,7 @@ except ImportError as e:  # the only skip: the main environment has no vLLM
     )
 
 from rayrejuv.data.chat import encode_prompts  # noqa: E402
+from rayrejuv.distributed.weight_sync import check_checksums  # noqa: E402
 from rayrejuv.testbed.tokenizer import build_char_tokenizer  # noqa: E402
 
 os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the engine's processes must not fork pytest
@@ -160,6 +161,57 @@ class TestEngine:
         assert torch.equal(back.completion_ids, before.completion_ids)
         assert (back.logprobs - before.logprobs).abs().max() < 1e-5
 
+    def test_collective_sync_changes_the_engine_policy_and_a_rejoin_works(self, worker, tiny_qwen3):
+        """rollout.sync=collective into the engine's worker process: buckets (some tensors split)
+        streamed into reload_weights, checksums equal the sent ones; then a rejoin (a new generation,
+        as after a restart) and a sync back to the start."""
+        from rayrejuv.models.rollout import Sampling
+
+        model = tiny_qwen3[1]
+        new = _perturbed(model)
+        s = Sampling(n=2, temperature=1.0, max_new_tokens=16, seed=11)
+        before = worker.generate(PROMPTS, s)
+        assert worker.sync_info() == {"members": 1, "device": "cpu", "dtype": "float32"}
+        store = None
+        for generation, (weights, version) in enumerate([(new, 3), (model, 4)]):
+            store, plan, sent, got = _collective_sync(worker, weights, version, generation, store)
+            assert len(plan.buckets) > 1 and any(len(v) > 1 for v in plan.pieces_of.values())
+            check_checksums(sent, got, ["vLLM worker 0"])
+            assert worker.policy_version() == version and worker.weight_checksums() == got
+            after = worker.generate(PROMPTS, s)
+            diff = (_teacher_forced(weights, after, 1.0) - after.logprobs).abs().max().item()
+            print(f"\ncollective sync {generation}: max diff to the synced model {diff:.2e}")
+            assert diff < ATOL
+            if weights is new:
+                assert (_teacher_forced(model, after, 1.0) - after.logprobs).abs().max() > 100 * ATOL
+        assert torch.equal(after.completion_ids, before.completion_ids)  # back at the start: the same rollouts
+
+
+def _collective_sync(worker, model, version: int, generation: int, store):
+    """This process as learner rank 0, the worker (its engine's worker process) as rank 1, over gloo;
+    buckets of 64 KB, so the tiny model's larger tensors are split."""
+    import threading
+
+    from rayrejuv.distributed.weight_sync import TIMEOUT, Rendezvous, SyncGroup, WeightSource, send
+    from rayrejuv.method.buckets import plan_buckets
+
+    source = WeightSource.of(model.state_dict())
+    plan = plan_buckets(source.specs(torch.float32), 64 << 10)
+    if store is None:
+        store = torch.distributed.TCPStore("127.0.0.1", 0, None, True, TIMEOUT, wait_for_workers=False)
+    rdv = Rendezvous("127.0.0.1", store.port, 2, generation, "gloo", plan.to_wire(), source.aliases)
+    out = {}
+
+    def member():
+        worker.join_sync(rdv.to_wire(), 1)
+        out["got"] = worker.receive_sync(version)
+
+    thread = threading.Thread(target=member)
+    thread.start()
+    sent = send(SyncGroup(rdv, 0, store), plan, source.walk(), torch.device("cpu"))
+    thread.join()
+    return store, plan, sent, out["got"]
+
 
 def test_rollout_group_in_ray_actor(tmp_path_factory, tokenizer):
     import ray
@@ -184,7 +236,8 @@ def test_rollout_group_in_ray_actor(tmp_path_factory, tokenizer):
         assert len(r) == len(PROMPTS) * 2 and r.version == 0
         assert (_teacher_forced(model, r, 1.0) - r.logprobs).abs().max() < ATOL
 
-        group.sync(new.state_dict(), version=1)
+        metrics = group.sync(new.state_dict(), version=1)  # rollout.sync=collective, the default
+        assert metrics["sync/checksum_ok"] == 1.0 and metrics["sync/gbytes"] > 0
         assert group.versions() == [1]
         r1 = group.generate(PROMPTS, s, pad_id=tokenizer.pad_token_id)
         assert r1.version == 1

@@ -120,11 +120,27 @@ def test_a_real_models_weights_with_a_bucket_smaller_than_its_largest_tensor(tok
     source = WeightSource.of(model.state_dict())
     names = [k for k, _ in model.named_parameters()]
     assert list(source.shapes) == names and "lm_head.weight" not in source.shapes  # tied: sent once
+    assert source.aliases == {"lm_head.weight": "model.embed_tokens.weight"}  # and named (vLLM loads both)
     largest = max(p.numel() for p in model.parameters()) * 2
     plan = plan_buckets(source.specs(torch.bfloat16), bucket_bytes=largest // 3)
     assert max(len(v) for v in plan.pieces_of.values()) >= 3
     got = _roundtrip(plan, [t for _, t in source.walk()])
     assert all(torch.equal(got[k], p.detach().to(torch.bfloat16)) for k, p in model.named_parameters())
+
+
+def test_object_store_weights_pickle_a_tied_alias_as_a_name():
+    import pickle
+
+    from rayrejuv.distributed.rollout_group import SharedWeights
+
+    emb = torch.randn(6, 4)
+    buffers = []
+    data = pickle.dumps(SharedWeights({"embed.weight": emb, "w": torch.randn(3), "lm_head.weight": emb}),
+                        protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2
+    out = pickle.loads(data, buffers=buffers)
+    assert list(out) == ["embed.weight", "w", "lm_head.weight"] and torch.equal(out["lm_head.weight"], emb)
+    assert out["lm_head.weight"].data_ptr() == out["embed.weight"].data_ptr()
 
 
 def test_checksum_is_exact_for_equal_bytes_and_sees_changes():
@@ -166,7 +182,7 @@ def _sync_in_threads(worker, source, dtype, bucket_bytes):
 
     plan = plan_buckets(source.specs(dtype), bucket_bytes)
     store = torch.distributed.TCPStore("127.0.0.1", 0, None, True, TIMEOUT, wait_for_workers=False)
-    rdv = Rendezvous("127.0.0.1", store.port, 2, 0, "gloo", plan.to_wire())
+    rdv = Rendezvous("127.0.0.1", store.port, 2, 0, "gloo", plan.to_wire(), source.aliases)
     out = {}
 
     def member():
@@ -237,6 +253,7 @@ def test_update_norm_on_the_device_equals_the_norm_of_the_weight_change(make_pai
                       minibatches=2, updates_per_batch=2), LearnerConfig(), torch.device("cpu"))
     source = learner.weight_source(1 << 20)
     assert list(source.shapes) == [k for k, _ in learner.module.named_parameters()] and not source.collective
+    assert source.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
     for _ in range(2):
         before = learner.weights()
         norm = learner.update(batch)["policy/update_norm"]
@@ -321,3 +338,52 @@ def test_spec_dtype_names_round_trip():
     s = TensorSpec("w", (2, 3), "bfloat16")
     assert s.torch_dtype is torch.bfloat16 and s.nbytes == 12
     assert spec_of("w", torch.zeros(2, 3, dtype=torch.bfloat16)) == s
+
+
+ZERO3 = """
+import sys
+import torch
+sys.path.insert(0, {tests!r})
+torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+import deepspeed
+initialize = deepspeed.initialize
+def partition_everything(**kw):  # ZeRO-3 keeps parameters under 1e5 elements whole by default
+    kw["config"]["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return initialize(**kw)
+deepspeed.initialize = partition_everything
+from test_rl_memory import _batch, _learner
+norms, walked = {{}}, {{}}
+for engine in ("ddp", "deepspeed"):
+    learner = _learner({model!r}, engine=engine, zero_stage=3)
+    norms[engine] = [learner.update(_batch(6, 4, 7, 60, seed=s))["policy/update_norm"] for s in (0, 1)]
+    source = learner.weight_source(8 << 10)  # 8 KB: gathered a few parameters at a time
+    walked[engine] = {{k: v.clone() for k, v in source.walk()}}
+    if engine == "deepspeed":
+        assert learner.module.get_output_embeddings().weight.numel() == 0  # partitioned again after the walk
+        assert source.transient and not source.collective and list(source.shapes) == list(walked["ddp"])
+        assert all(tuple(v.shape) == source.shapes[k] for k, v in walked[engine].items())
+print(max(abs(a - b) / a for a, b in zip(norms["ddp"], norms["deepspeed"])))
+print(max(float((walked["ddp"][k] - walked["deepspeed"][k]).abs().max()) for k in walked["ddp"]))
+"""
+
+
+@pytest.mark.slow  # ~40 s: DeepSpeed in a process of its own
+def test_zero3_walks_the_weights_gathered_bucket_by_bucket_and_its_update_norm_is_ddps(make_pair):
+    """Under ZeRO-3 every parameter is partitioned: the sync's walk gathers a few at a time (and
+    partitions them again), the update norm sums this rank's partitions; both equal DDP's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, sft = make_pair("qwen3", tie_sft=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ZERO3.format(tests=str(Path(__file__).parent), port=port, model=str(sft))
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    norm_rel, weight_diff = map(float, out.stdout.strip().splitlines()[-2:])
+    assert norm_rel < 1e-4 and weight_diff < 2e-5, (norm_rel, weight_diff)

@@ -350,8 +350,11 @@ class Learner:
     def weight_source(self, bucket_bytes: int) -> WeightSource:
         """The parameters for a rollout sync, walked where they live (gathered about `bucket_bytes`
         at a time under ZeRO-3: a walk every rank takes)."""
+        sent = {id(p): k for k, p in self.module.named_parameters()}
+        aliases = {k: sent[id(p)] for k, p in self.module.named_parameters(remove_duplicate=False) if sent[id(p)] != k}
         return WeightSource(self.engine.shapes(), lambda: self.engine.walk(bucket_bytes), self.device,
-                            transient=self.engine.partitioned, collective=self.engine.partitioned and _world() > 1)
+                            transient=self.engine.partitioned, collective=self.engine.partitioned and _world() > 1,
+                            aliases=aliases)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the full, current parameters, in the learner's dtype (a collective under ZeRO-3)."""

@@ -40,16 +40,21 @@ class SharedWeights(dict):
     as a dict of tensors on the store's memory (read-only: load them, do not write them)."""
 
     def __reduce__(self):
-        flat = [t.detach().contiguous().reshape(-1) for t in self.values()]
-        return _unshare, (list(self), [t.view(torch.uint8).numpy() for t in flat],
-                          [str(t.dtype).removeprefix("torch.") for t in flat], [tuple(t.shape) for t in self.values()])
+        source = WeightSource.of(self)  # a tied alias travels as a name, its bytes once
+        tensors = [t for _, t in source.walk()]
+        flat = [t.contiguous().reshape(-1) for t in tensors]
+        return _unshare, (list(source.shapes), [t.view(torch.uint8).numpy() for t in flat],
+                          [str(t.dtype).removeprefix("torch.") for t in flat], [tuple(t.shape) for t in tensors],
+                          source.aliases)
 
 
-def _unshare(names: list[str], buffers: list, dtypes: list[str], shapes: list[tuple]) -> dict[str, torch.Tensor]:
+def _unshare(names: list[str], buffers: list, dtypes: list[str], shapes: list[tuple],
+             aliases: dict[str, str]) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():  # the store's buffers are read-only; the tensors are only read
         warnings.simplefilter("ignore", UserWarning)
-        return {n: torch.from_numpy(b).view(getattr(torch, d)).reshape(s)
-                for n, b, d, s in zip(names, buffers, dtypes, shapes)}
+        out = {n: torch.from_numpy(b).view(getattr(torch, d)).reshape(s)
+               for n, b, d, s in zip(names, buffers, dtypes, shapes)}
+    return out | {alias: out[name] for alias, name in aliases.items()}
 
 
 class RolloutGroup:
@@ -181,6 +186,7 @@ class ObjectStoreSync:
         self._weights = None  # the previous sync's object can go before this one is written
         state = {k: v.to("cpu", self.dtype, copy=source.transient) for k, v in source.walk()}
         self._sent = {k: checksum(v) for k, v in state.items()}
+        state |= {alias: state[name] for alias, name in source.aliases.items()}  # pickled as names (SharedWeights)
         self._weights = (ray.put(SharedWeights(state)), version)
         del state
         ray.get([a.load_weights.remote(*self._weights) for a in self.actors])
@@ -247,7 +253,7 @@ class CollectiveSync:
             self.store = torch.distributed.TCPStore(self.host, 0, None, True, TIMEOUT, wait_for_workers=False)
         members = [i["members"] for i in self.info]
         rdv = Rendezvous(self.host, self.store.port, 1 + sum(members), self.generation,
-                         "nccl" if on_cuda else "gloo", self.plan.to_wire())
+                         "nccl" if on_cuda else "gloo", self.plan.to_wire(), source.aliases)
         self.generation += 1
         firsts = [1 + sum(members[:i]) for i in range(len(members))]  # each actor's first rank
         refs = [a.join_sync.remote(rdv.to_wire(), r) for a, r in zip(self.actors, firsts)]

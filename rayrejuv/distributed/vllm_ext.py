@@ -48,11 +48,17 @@ class WeightSync:
 
         receiver = self._rayrejuv_receiver
         sums: dict[str, tuple[int, int]] = {}
+        tied: dict[str, list[str]] = {}
+        for alias, name in receiver.aliases.items():
+            tied.setdefault(name, []).append(alias)
 
         def weights():
             for name, t in unpacked(receiver.plan, receiver.buckets()):
                 sums[name] = checksum(t)
                 yield name, t
+                # a tied alias too (lm_head of tied embeddings): the layerwise reload restores the
+                # old values into a layer that loaded nothing
+                yield from ((alias, t) for alias in tied.pop(name, ()))
 
         stream = weights()
         self._rayrejuv_reload(stream)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rayrejuv.config.rl import RolloutConfig
+from rayrejuv.distributed.weight_sync import WeightSource
 from rayrejuv.method.buckets import checksum
 from rayrejuv.models.logprobs import completion_mask
 from rayrejuv.models.rollout import Rollout, Sampling, left_pad
@@ -152,7 +153,7 @@ class VLLMRolloutWorker:
                 self.llm.collective_rpc("rayrejuv_load_weights", args=(str(path),))
         finally:
             path.unlink(missing_ok=True)
-        self._loaded = [{k: checksum(v) for k, v in tensors.items()}] * self.members
+        self._loaded = [{k: checksum(v) for k, v in WeightSource.of(state_dict).walk()}] * self.members
         self.version = version
         return version
 
@@ -183,7 +184,8 @@ class VLLMRolloutWorker:
     def receive_sync(self, version: int) -> list[dict]:
         """One sync: every worker receives the buckets and reloads from them; their checksums."""
         with self._awake_for_sync():
-            self._loaded = self.llm.collective_rpc("rayrejuv_receive")
+            per_worker = self.llm.collective_rpc("rayrejuv_receive")
+        self._loaded = [{k: tuple(v) for k, v in sums.items()} for sums in per_worker]  # RPC made them lists
         self.version = version
         return self._loaded
 

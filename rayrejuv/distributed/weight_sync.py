@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 import torch
@@ -70,6 +70,7 @@ class Rendezvous:
     generation: int  # the store prefix of this build of the group
     backend: str  # gloo | nccl
     plan: dict  # BucketPlan.to_wire()
+    aliases: dict  # tied names not sent -> the sent name they share (vLLM's loader wants both)
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -104,19 +105,23 @@ class WeightSource:
     device: torch.device  # where the walked tensors live
     transient: bool = False  # a walked tensor is valid only until the walk moves on (ZeRO-3 gathers)
     collective: bool = False  # the walk is a collective of every learner rank: rank 0 cannot walk it alone
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name not walked -> the walked name it shares
 
     @classmethod
     def of(cls, state_dict: Mapping[str, torch.Tensor]) -> WeightSource:
         """A state dict's tensors, each storage once (tied embeddings alias lm_head to embed_tokens:
-        the receivers' named_parameters and vLLM's load_weights hold it once too)."""
-        unique, seen = {}, set()
+        sent once; the alias is named in `aliases`)."""
+        unique, first, aliases = {}, {}, {}
         for k, v in state_dict.items():
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-            if key not in seen:
-                seen.add(key)
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
+            if key in first:
+                aliases[k] = first[key]
+            else:
+                first[key] = k
                 unique[k] = v.detach()
         device = next(iter(unique.values())).device
-        return cls({k: tuple(v.shape) for k, v in unique.items()}, lambda: iter(unique.items()), device)
+        return cls({k: tuple(v.shape) for k, v in unique.items()}, lambda: iter(unique.items()), device,
+                   aliases=aliases)
 
     def specs(self, dtype: torch.dtype) -> list[TensorSpec]:
         return [TensorSpec(k, shape, str(dtype).removeprefix("torch.")) for k, shape in self.shapes.items()]
@@ -165,6 +170,7 @@ class Receiver:
     def __init__(self, rendezvous: dict, rank: int, device: torch.device):
         rdv = Rendezvous(**rendezvous)
         self.plan = BucketPlan.from_wire(rdv.plan)
+        self.aliases = rdv.aliases
         self.device = BUFFER_DEVICE[rdv.backend](device)
         self.group = SyncGroup(rdv, rank)
 
