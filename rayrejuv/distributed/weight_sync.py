@@ -139,7 +139,8 @@ def send(group: SyncGroup, plan: BucketPlan, weights: Iterable[tuple[str, torch.
     """Rank 0: cast each tensor into a bucket buffer (on `device`), broadcast each full bucket;
     the checksums of what was sent. Two buffers: bucket b is packed and checksummed while b-1 is
     on the wire. A tensor split over buckets is checksummed from its own cast."""
-    buffers = [torch.empty(plan.max_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
+    sizes = [max((b.nbytes for b in plan.buckets[i::2]), default=0) for i in range(2)]  # even / odd buckets
+    buffers = [torch.empty(n, dtype=torch.uint8, device=device) for n in sizes]
     sums: Checksums = {}
     in_flight = None
 

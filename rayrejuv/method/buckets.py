@@ -173,7 +173,7 @@ def packed(
     plan: BucketPlan, tensors: Iterable[torch.Tensor], buffers: list[torch.Tensor]
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Copy `tensors` (the plan's, in its order, any dtype: cast by the copy) into bucket b's buffer,
-    buffers[b % len(buffers)] (uint8, >= plan.max_bytes each), and yield (b, its bytes) as each
+    buffers[b % len(buffers)] (uint8, at least that bucket's nbytes), and yield (b, its bytes) as each
     bucket fills. When the caller asks for the next bucket, the buffer it will fill must be free
     again (with two buffers: bucket b-1 sent while b was being filled)."""
     count = 0
