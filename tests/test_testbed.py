@@ -117,6 +117,21 @@ def test_hard_split_is_the_id_task_with_larger_numbers():
     assert max(numbers) == 30  # beyond the SFT range (id_max 20), within the base's (ood_max 30)
 
 
+def test_three_step_id_task_and_larger_hard_numbers():
+    splits = task.default_splits(20, 30, id_steps=3, hard_max=50)
+    slot = r"\\\{\w+\\\}"
+    id3 = [re.compile("Q: " + re.sub(slot, r"\\w+", re.escape(t)) + " A:") for t, _ in task.ID3_TEMPLATES]
+    for name, top in (("id", 20), ("hard", 50)):
+        rows = task.generate(splits[name], 300, seed=0)
+        assert {_check_solution(r) for r in rows} == {3}
+        assert all(any(p.fullmatch(r["prompt"]) for p in id3) for r in rows)
+        assert max(int(x) for r in rows for x in re.findall(r"\d+", r["prompt"])) == top
+    assert splits["ood"].max_number == 30 and splits["wide"].max_number == 50  # ood keeps the base's range
+    # the defaults are the 2-step world: hard_max unset means ood_max
+    assert task.default_splits(20, 30) == task.default_splits(20, 30, id_steps=2, hard_max=30)
+    assert task.default_splits(20, 30)["hard"].templates == task.ID_TEMPLATES
+
+
 def test_tokenizer_round_trip(tokenizer):
     for r in task.generate(task.default_splits()["ood"], 50, seed=1):
         text = r["prompt"] + r["response"]

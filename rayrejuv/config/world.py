@@ -27,6 +27,14 @@ class WorldDataConfig(Config):
         description="largest number in out-of-distribution, wide (RL) and base pre-training problems "
         "(30, not 40: a base pre-trained within the build budget does arithmetic in a smaller range)",
     )
+    id_steps: Literal[2, 3] = Field(
+        2, description="steps of the ID problems (the SFT set, calibration, eval_id and the hard split): "
+        "2, or 3 for the ID templates' 3-step variants (a harder task for a stronger base)",
+    )
+    hard_max: int | None = Field(
+        None, ge=2, description="largest number in the hard and wide (RL) problems; unset: ood_max "
+        "(the base's range); above it, numbers the base never saw as an operand",
+    )
     sft_examples: int = Field(
         600, ge=8, description="size of the fixed SFT set (600 x 32 epochs = 600 steps at batch 32: the build budget)"
     )

@@ -5,14 +5,16 @@ distributions, all built by one solver so their worked solutions share one forma
   - base: what the base model is pre-trained on, beside generic equation text: Q/A word problems
     of 1..3 steps composed from a phrase bank whose verbs the ID templates never use. The base
     knows the format, the `####` marker and multi-step chaining, but not the ID phrasing.
-  - id:   the SFT distribution: 2 steps, numbers 0..id_max, templates 0..2 (own verbs)
+  - id:   the SFT distribution: 2 steps (or 3: `id_steps`), numbers 0..id_max, templates 0..2
+          (own verbs)
   - ood:  3 steps, numbers up to ood_max, templates the SFT set never shows but whose verbs the
           base knows: reachable from the base, so SFT can forget it and fusion can bring it back
   - general: held-out problems of the base's own Q/A distribution (1..3 steps, numbers
           0..id_max): what SFT on the ID phrasing makes the model forget (the paper's out-of-domain
           abilities; measured: SFT makes every answer two steps, so the base's one-step problems
           fall from 0.43 to 0.06), and what fusion with the base can keep
-  - hard: the ID templates (2 steps) with numbers up to ood_max: the SFT task made harder, where
+  - hard: the ID templates (their steps) with numbers up to hard_max (default ood_max): the SFT
+          task made harder, where
           every SFT rung is half right and RL has room to improve (the demo's RL distribution,
           as the paper's RL prompts are harder math than its SFT data)
   - wide: the ID templates and their 3-step variants with numbers up to ood_max, a superset of
@@ -39,12 +41,15 @@ OOD_TEMPLATES = (
     ("{n} starts with {v0} {x}; buys {v1}; sells {v2}; buys {v3}. total?", "+-+"),
     ("there are {v0} {x}. {v1} leave, {v2} arrive, {v3} leave. count?", "-+-"),
 )
-# The RL distribution adds 3-step variants of the ID templates (same phrases, one more step).
-WIDE_TEMPLATES = ID_TEMPLATES + (
+# 3-step variants of the ID templates (same phrases, one more step): the `wide` split's second
+# half, and the ID task itself with `id_steps: 3`.
+ID3_TEMPLATES = (
     ("{n} has {v0} {x}. gets {v1} more. gives away {v2}. gets {v3} more. how many {x}?", "+-+"),
     ("{n} had {v0} {x}, found {v1}, then lost {v2}, then found {v3}. {x} now?", "+-+"),
     ("a box holds {v0} {x}. {v1} are taken out. {v2} are put in. {v3} are taken out. how many?", "-+-"),
 )
+ID_TEMPLATES_BY_STEPS = {2: ID_TEMPLATES, 3: ID3_TEMPLATES}
+WIDE_TEMPLATES = ID_TEMPLATES + ID3_TEMPLATES
 
 # The base's phrase bank. Its verbs are disjoint from the ID templates' (more, gives, found,
 # lost, taken, put), so the ID phrasing is the one thing SFT has to teach; it shares the OOD
@@ -66,12 +71,17 @@ class Split:
     max_number: int
 
 
-def default_splits(id_max: int = 20, ood_max: int = 40) -> dict[str, Split]:
+def default_splits(
+    id_max: int = 20, ood_max: int = 40, id_steps: int = 2, hard_max: int | None = None
+) -> dict[str, Split]:
+    """The named splits; `id_steps` picks the ID templates (2 or 3 steps, for id and hard),
+    `hard_max` the largest number of hard and wide (None: ood_max)."""
+    id_templates, hard_max = ID_TEMPLATES_BY_STEPS[id_steps], ood_max if hard_max is None else hard_max
     return {
-        "id": Split("id", ID_TEMPLATES, id_max),
+        "id": Split("id", id_templates, id_max),
         "ood": Split("ood", OOD_TEMPLATES, ood_max),
-        "hard": Split("hard", ID_TEMPLATES, ood_max),
-        "wide": Split("wide", WIDE_TEMPLATES, ood_max),
+        "hard": Split("hard", id_templates, hard_max),
+        "wide": Split("wide", WIDE_TEMPLATES, hard_max),
     }
 
 

@@ -120,7 +120,7 @@ def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> RunDir:
 def write_data(layout: WorldLayout, cfg: TinyWorldConfig) -> dict[str, list[dict[str, str]]]:
     """Deterministic in the seed: regenerated on every run (cheap) and rewritten atomically."""
     d, seed = cfg.data, cfg.seed
-    splits = task.default_splits(d.id_max, d.ood_max)
+    splits = task.default_splits(d.id_max, d.ood_max, d.id_steps, d.hard_max)
     # One ID pool, cut into disjoint slices, so no eval prompt is an SFT or calibration example.
     pool = task.generate(
         splits["id"], d.sft_examples + d.calibration_examples + d.rl_train_examples + d.eval_examples, seed
