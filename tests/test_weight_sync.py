@@ -283,15 +283,19 @@ def _actor_weights(actor) -> dict[str, torch.Tensor]:
 
 
 def test_collective_and_object_store_give_bit_identical_weights_and_a_killed_actor_rejoins(
-    ray_session, tokenizer, tmp_path, monkeypatch
+    ray_session, tokenizer, tmp_path
 ):
-    """Two hf actors on the collective path, one on the object store, the same fp32 weights sent in
-    bf16: every actor holds the same bytes (the sender's cast). Then one collective actor dies in
-    generate: the group is rebuilt with both, the current weights re-sent, the redone rollout is
-    the one it would have been."""
+    """Two hf actors, the same fp32 weights sent in bf16 over the collective path and over the object
+    store: the actors hold exactly the sender's cast either way. Then one actor is killed (Ray
+    restarts it from the start checkpoint): the next generate notices (the call fails, or the
+    restarted actor answers with policy version 0), the group is rebuilt with both actors, the
+    current weights re-sent, and the redone rollout is the one it would have been."""
+    import ray
+
     from rayrejuv.config.rl import RolloutConfig
     from rayrejuv.data.chat import encode_prompts
-    from rayrejuv.distributed.rollout_group import RolloutGroup
+    from rayrejuv.distributed.rollout_group import ObjectStoreSync, RolloutGroup
+    from rayrejuv.distributed.weight_sync import WeightSource
     from rayrejuv.models.rollout import Sampling
     from rayrejuv.testbed.tiny import build_model, perturb, save, tiny_config
 
@@ -300,38 +304,35 @@ def test_collective_and_object_store_give_bit_identical_weights_and_a_killed_act
     model = build_model(cfg, seed=0, init_std=0.1)
     save(model, tokenizer, tmp_path / "start")
     new = perturb(copy.deepcopy(model), seed=7, scale=0.3)
-    monkeypatch.setenv("RAYREJUV_FAULT_ONCE", str(tmp_path / "died"))
-    monkeypatch.setenv("RAYREJUV_FAULT_AFTER", "1")  # each actor's 2nd generate; the first to get there dies
-    common = {"dtype": "bfloat16", "cpus_per_worker": 1, "sync_bucket_mb": 1}
-    collective = RolloutGroup(str(tmp_path / "start"), RolloutConfig(workers=2, sync="collective", **common), 0)
-    monkeypatch.delenv("RAYREJUV_FAULT_ONCE")
-    store = RolloutGroup(str(tmp_path / "start"), RolloutConfig(workers=1, sync="object_store", **common), 0)
+    want = {k: p.detach().to(torch.bfloat16) for k, p in new.named_parameters()}
+    start = {k: p.detach().to(torch.bfloat16) for k, p in model.named_parameters()}
+
+    def all_hold(weights) -> bool:
+        return all(all(torch.equal(h[k], weights[k]) for k in weights) and h.keys() == weights.keys()
+                   for h in map(_actor_weights, group.actors))
+
+    rollout = RolloutConfig(workers=2, dtype="bfloat16", cpus_per_worker=1, sync_bucket_mb=1)
+    group = RolloutGroup(str(tmp_path / "start"), rollout, 0)  # rollout.sync: collective (the default)
+    store = ObjectStoreSync(group.actors, group.info, rollout)  # the fallback, on the same actors
     try:
-        m = collective.sync(new.state_dict(), version=1)
-        assert m["sync/checksum_ok"] == 1.0 and m["sync/buckets"] >= 5
-        assert store.sync(new.state_dict(), version=1)["sync/checksum_ok"] == 1.0
-        want = {k: p.detach().to(torch.bfloat16) for k, p in new.named_parameters()}
-        for actor in [*collective.actors, *store.actors]:
-            held = _actor_weights(actor)
-            assert held.keys() == want.keys() and all(torch.equal(held[k], want[k]) for k in want)
+        m = group.sync(new.state_dict(), version=1)
+        assert m["sync/checksum_ok"] == 1.0 and m["sync/buckets"] >= 5 and all_hold(want)
+        assert store.sync(WeightSource.of(model.state_dict()), 2)["sync/checksum_ok"] == 1.0 and all_hold(start)
+        assert store.sync(WeightSource.of(new.state_dict()), 3)["sync/checksum_ok"] == 1.0 and all_hold(want)
+        assert group.sync(new.state_dict(), version=4)["sync/checksum_ok"] == 1.0 and all_hold(want)
 
         prompts = encode_prompts(tokenizer, ["1+2=", "33*4=", "7-5=", "(9+1)/2="], "auto")
         s = Sampling(n=2, temperature=1.0, max_new_tokens=8, seed=3)
-        first = collective.generate(prompts, s, pad_id=tokenizer.pad_token_id)
-        assert collective.restarts == 0 and first.version == 1
-        again = collective.generate(prompts, s, pad_id=tokenizer.pad_token_id)  # an actor dies, is redone
-        assert (tmp_path / "died").exists() and collective.restarts == 1
-        assert collective.versions() == [1, 1] and again.version == 1
-        for actor in collective.actors:
-            held = _actor_weights(actor)
-            assert all(torch.equal(held[k], want[k]) for k in want)  # the current weights, not the start's
+        first = group.generate(prompts, s, pad_id=tokenizer.pad_token_id)
+        assert group.restarts == 0 and first.version == 4
+        ray.kill(group.actors[1], no_restart=False)
+        again = group.generate(prompts, s, pad_id=tokenizer.pad_token_id)  # its share is redone
+        assert group.restarts == 1 and group.versions() == [4, 4] and again.version == 4
+        assert all_hold(want)  # the restarted actor got the current weights, not the start's
         assert torch.equal(again.completion_ids, first.completion_ids) and torch.equal(again.logprobs, first.logprobs)
-        assert collective.sync(model.state_dict(), version=2)["sync/checksum_ok"] == 1.0  # the rebuilt group
-        back = _actor_weights(collective.actors[1])
-        assert all(torch.equal(back[k], p.detach().to(torch.bfloat16)) for k, p in model.named_parameters())
+        assert group.sync(model.state_dict(), version=5)["sync/checksum_ok"] == 1.0 and all_hold(start)  # rebuilt
     finally:
-        collective.shutdown()
-        store.shutdown()
+        group.shutdown()
 
 
 def test_spec_dtype_names_round_trip():
@@ -387,3 +388,80 @@ def test_zero3_walks_the_weights_gathered_bucket_by_bucket_and_its_update_norm_i
     assert out.returncode == 0, out.stderr[-3000:]
     norm_rel, weight_diff = map(float, out.stdout.strip().splitlines()[-2:])
     assert norm_rel < 1e-4 and weight_diff < 2e-5, (norm_rel, weight_diff)
+
+
+def test_vllm_extension_streams_the_buckets_into_reload_weights_with_tied_aliases(tokenizer):
+    """The worker extension on a fake vLLM worker (no vLLM needed): the tensors reach reload_weights
+    in plan order as they arrive, a tied alias right after the tensor it shares (vLLM's layerwise
+    reload would give a layer that loads nothing its old values back), checksums of what arrived."""
+    from rayrejuv.distributed.vllm_ext import WeightSync
+    from rayrejuv.distributed.weight_sync import TIMEOUT, Rendezvous, SyncGroup, WeightSource, check_checksums, send
+    from rayrejuv.testbed.tiny import build_model, tiny_config
+
+    model = build_model(tiny_config("llama", len(tokenizer), tie_word_embeddings=True), seed=0)
+    source = WeightSource.of(model.state_dict())
+    plan = plan_buckets(source.specs(torch.bfloat16), 16 << 10)  # 16 KB: the embedding comes in pieces
+    loaded = []
+
+    class Worker(WeightSync):
+        rank, device = 0, torch.device("cpu")
+
+        def reload_weights(self, weights_iterator, is_checkpoint_format):
+            loaded.extend((k, v.clone()) for k, v in weights_iterator)
+
+    store = torch.distributed.TCPStore("127.0.0.1", 0, None, True, TIMEOUT, wait_for_workers=False)
+    rdv = Rendezvous("127.0.0.1", store.port, 2, 0, "gloo", plan.to_wire(), source.aliases)
+    worker, out = Worker(), {}
+
+    def member():
+        worker.rayrejuv_join(rdv.to_wire(), 1)
+        out["sums"] = worker.rayrejuv_receive()
+
+    thread = threading.Thread(target=member)
+    thread.start()
+    sent = send(SyncGroup(rdv, 0, store), plan, source.walk(), torch.device("cpu"))
+    thread.join()
+    check_checksums(sent, [out["sums"]], ["vLLM worker 0"])
+    names = [k for k, _ in loaded]
+    assert names[:2] == ["model.embed_tokens.weight", "lm_head.weight"] and names[2:] == list(source.shapes)[1:]
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k].to(torch.bfloat16)) for k, v in loaded)
+
+
+class _FakeLLM:
+    """vllm.LLM's sleep / wake / RPC surface, recording the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tags))
+
+    def sleep(self, level=1):
+        self.calls.append(("sleep", level))
+
+    def collective_rpc(self, method, args=()):
+        self.calls.append(("rpc", method))
+        return [{"w": [1, 2]}]  # vLLM's RPC turns tuples into lists
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache", None))
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_vllm_sleep_level_and_a_sync_wakes_the_weights_before_loading_and_the_kv_cache_after(level):
+    from rayrejuv.config.rl import RolloutConfig
+    from rayrejuv.distributed.vllm_rollout import VLLMRolloutWorker
+
+    worker = object.__new__(VLLMRolloutWorker)  # no engine: the calls it makes are what is tested
+    worker.cfg = RolloutConfig(backend="vllm", device="cuda", vllm={"enable_sleep_mode": True, "sleep_level": level})
+    worker.llm, worker.members, worker.version = _FakeLLM(), 1, 0
+    worker.sleep()
+    assert worker.receive_sync(version=5) == [{"w": (1, 2)}] and worker.policy_version() == 5
+    assert worker.llm.calls == [("sleep", level), ("wake_up", ["weights"]), ("rpc", "rayrejuv_receive"),
+                                ("wake_up", ["kv_cache"]), ("reset_prefix_cache", None)]
+    worker.cfg = RolloutConfig(backend="vllm")  # sleep mode off: no sleep, no wake
+    worker.llm = _FakeLLM()
+    worker.sleep()
+    worker.receive_sync(version=6)
+    assert worker.llm.calls == [("rpc", "rayrejuv_receive"), ("reset_prefix_cache", None)]

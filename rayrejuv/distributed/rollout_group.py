@@ -88,7 +88,9 @@ class RolloutGroup:
         self.restarts = 0
 
     def _map(self, method: str, prompts: list[list[int]], s: Sampling) -> list:
-        """Split prompts over the actors; per-actor seeds make the split reproducible."""
+        """Split prompts over the actors; per-actor seeds make the split reproducible. A share is
+        redone when its actor died during the call, or answered from a restarted process that
+        had not been given the current weights (it died while idle: Ray restarted it silently)."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -98,17 +100,20 @@ class RolloutGroup:
         refs = {i: getattr(a, method).remote(p, si) for i, (a, p, si) in calls.items()}
         out = {}
         for i, ref in refs.items():
+            a, p, si = calls[i]
             for attempt in range(self.cfg.max_restarts + 1):
+                error = None
                 try:
                     out[i] = ray.get(ref)
-                    break
-                except RayActorError:
-                    if attempt == self.cfg.max_restarts:
-                        raise
-                    self.restarts += 1
-                    a, p, si = calls[i]
-                    self._resend(a)  # waits for the restarted actor, which starts from the initial model
-                    ref = getattr(a, method).remote(p, si)
+                    if ray.get(a.policy_version.remote()) == self.weights.version:
+                        break
+                except RayActorError as e:
+                    error = e
+                if attempt == self.cfg.max_restarts:
+                    raise RuntimeError(f"rollout actor {i} failed {attempt + 1} times: rollout.max_restarts") from error
+                self.restarts += 1
+                self._resend(a)  # waits for the restarted actor, which starts from the initial model
+                ref = getattr(a, method).remote(p, si)
         return [out[i] for i in range(len(shares))]
 
     def _resend(self, actor) -> None:
@@ -179,6 +184,7 @@ class ObjectStoreSync:
         self.actors, self.info, self.dtype = actors, info, _rollout_dtype(info)
         self._weights = None  # (object ref, version) of the latest sync, to re-send after a restart
         self._sent = None  # its checksums
+        self.version = 0  # the policy version the actors hold (0: the model they loaded)
 
     def sync(self, source: WeightSource, version: int) -> dict[str, float]:
         import ray
@@ -188,6 +194,7 @@ class ObjectStoreSync:
         self._sent = {k: checksum(v) for k, v in state.items()}
         state |= {alias: state[name] for alias, name in source.aliases.items()}  # pickled as names (SharedWeights)
         self._weights = (ray.put(SharedWeights(state)), version)
+        self.version = version
         del state
         ray.get([a.load_weights.remote(*self._weights) for a in self.actors])
         got = [m for sums in ray.get([a.weight_checksums.remote() for a in self.actors]) for m in sums]
