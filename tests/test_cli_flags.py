@@ -32,15 +32,15 @@ EXISTING_FLAGS = {
                    "--ray/--no-ray", "--ray-address", "--workers", "--placement", *TRACK, "--experiment"],
     "rl": ["--model", "--train-data", "--eval-data", "--out", "--steps", "--seed", "--chat-template", "--backend",
            "--rollout-workers", "--learner-workers", "--lr", "--beta", "--overwrite/--no-overwrite", "--ray-address",
-           *TRACK, "--experiment"],
+           "--verbose", *TRACK, "--experiment"],
     "tune": ["--base", "--sft", "--calibration", "--train-data", "--eval-data", "--ood-data", "--out", "--num-samples",
-             "--max-concurrent", "--resume/--no-resume", "--ray-address", *TRACK],
+             "--max-concurrent", "--resume/--no-resume", "--ray-address", "--verbose", *TRACK],
     "testbed build": ["--out", "--seed", "--force/--no-force", *TRACK],
     "testbed real": ["--out", "--gguf", "--seed", "--overwrite/--no-overwrite"],  # new in issue 14
     "diagnose": ["--base", "--sft", "--data", "--out", "--max-examples", "--k", "--device", "--chat-template",
                  "--overwrite/--no-overwrite", *TRACK],
-    "demo": ["--out", "--seeds", "--seed", "--quick", "--overwrite/--no-overwrite", "--ray-address", *TRACK,
-             "--experiment"],
+    "demo": ["--out", "--seeds", "--seed", "--quick", "--overwrite/--no-overwrite", "--ray-address", "--verbose",
+             *TRACK, "--experiment"],
 }
 
 # The defaults the hand-written help strings showed; the generated help must show the same numbers.
@@ -81,22 +81,22 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
         ["--model", "m", "--train-data", "t.jsonl", "--eval-data", "e.jsonl", "--out", "o", "--steps", "7",
          "--seed", "3", "--chat-template", "never",
          "--backend", "vllm", "--rollout-workers", "2", "--learner-workers", "2", "--lr", "3e-5",
-         "--beta", "0.05", "--overwrite", "--ray-address", "ray://h:10001", "--tracking-uri", "sqlite:///t.db",
-         "--no-track", "--experiment", "exp"],
+         "--beta", "0.05", "--overwrite", "--ray-address", "ray://h:10001", "--verbose", "--tracking-uri",
+         "sqlite:///t.db", "--no-track", "--experiment", "exp"],
         {"model": Path("m"), "train_data": Path("t.jsonl"), "eval_data": Path("e.jsonl"), "out": Path("o"),
          "steps": 7, "seed": 3, "chat_template": "never",
          "rollout.backend": "vllm", "rollout.workers": 2, "learner.workers": 2,
-         "grpo.lr": 3e-5, "grpo.beta": 0.05, "overwrite": True, "ray.address": "ray://h:10001",
+         "grpo.lr": 3e-5, "grpo.beta": 0.05, "overwrite": True, "ray.address": "ray://h:10001", "ray.verbose": True,
          "tracking.uri": "sqlite:///t.db", "tracking.enabled": False, "tracking.experiment": "exp"},
     ),
     "tune": (
         ["--base", "b", "--sft", "s", "--calibration", "c.jsonl", "--train-data", "t.jsonl", "--eval-data", "e.jsonl",
          "--ood-data", "d.jsonl", "--out", "o", "--num-samples", "3", "--max-concurrent", "1", "--resume",
-         "--ray-address", "ray://h:10001", "--tracking-uri", "sqlite:///t.db", "--no-track"],
+         "--ray-address", "ray://h:10001", "--verbose", "--tracking-uri", "sqlite:///t.db", "--no-track"],
         {"base": Path("b"), "sft": Path("s"), "calibration": Path("c.jsonl"), "train_data": Path("t.jsonl"),
          "eval_data": Path("e.jsonl"), "ood_data": Path("d.jsonl"), "out": Path("o"), "num_samples": 3,
-         "max_concurrent": 1, "resume": True, "ray.address": "ray://h:10001", "tracking.uri": "sqlite:///t.db",
-         "tracking.enabled": False},
+         "max_concurrent": 1, "resume": True, "ray.address": "ray://h:10001", "ray.verbose": True,
+         "tracking.uri": "sqlite:///t.db", "tracking.enabled": False},
     ),
     "testbed build": (
         ["--out", "o", "--seed", "5", "--force", "--tracking-uri", "sqlite:///t.db", "--no-track"],
@@ -117,9 +117,10 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     ),
     "demo": (
         ["--out", "o", "--seeds", "5", "--seed", "2", "--quick", "--overwrite", "--ray-address", "ray://h:10001",
-         "--tracking-uri", "sqlite:///t.db", "--no-track", "--experiment", "exp"],
+         "--verbose", "--tracking-uri", "sqlite:///t.db", "--no-track", "--experiment", "exp"],
         {"out": Path("o"), "seeds": 5, "seed": 2, "quick": True, "overwrite": True, "ray.address": "ray://h:10001",
-         "tracking.uri": "sqlite:///t.db", "tracking.enabled": False, "tracking.experiment": "exp"},
+         "ray.verbose": True, "tracking.uri": "sqlite:///t.db", "tracking.enabled": False,
+         "tracking.experiment": "exp"},
     ),
 }
 

@@ -24,6 +24,7 @@ from rayrejuv.errors import RejuvError
 TRACKING = {"--tracking-uri": "tracking.uri", "--track/--no-track": "tracking.enabled"}
 EXPERIMENT = {"--experiment": "tracking.experiment"}
 RAY_ADDRESS = {"--ray-address": "ray.address"}
+VERBOSE = {"--verbose": "ray.verbose"}  # Ray's and the workers' logs on the terminal (else OUT/logs)
 
 
 def rejuvenate(cfg: RejuvenateConfig, progress: bool) -> None:
@@ -114,13 +115,13 @@ COMMANDS: dict[str, Command] = {
         "--steps": "steps", "--seed": "seed", "--chat-template": "chat_template",
         "--backend": "rollout.backend", "--rollout-workers": "rollout.workers", "--learner-workers": "learner.workers",
         "--lr": "grpo.lr", "--beta": "grpo.beta",
-        "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **TRACKING, **EXPERIMENT,
+        "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **VERBOSE, **TRACKING, **EXPERIMENT,
     }),
     "tune": Command(TuneConfig, tune, {
         "--base": "base", "--sft": "sft", "--calibration": "calibration",
         "--train-data": "train_data", "--eval-data": "eval_data", "--ood-data": "ood_data", "--out": "out",
         "--num-samples": "num_samples", "--max-concurrent": "max_concurrent", "--resume/--no-resume": "resume",
-        **RAY_ADDRESS, **TRACKING,
+        **RAY_ADDRESS, **VERBOSE, **TRACKING,
     }),
     "testbed build": Command(TinyWorldConfig, testbed_build, {
         "--out": "out", "--seed": "seed", "--force/--no-force": "force", **TRACKING,
@@ -135,7 +136,7 @@ COMMANDS: dict[str, Command] = {
     }),
     "demo": Command(DemoConfig, demo, {
         "--out": "out", "--seeds": "seeds", "--seed": "seed", "--quick": "quick",
-        "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **TRACKING, **EXPERIMENT,
+        "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **VERBOSE, **TRACKING, **EXPERIMENT,
     }, preset=("--quick", QUICK)),  # --quick: a smoke run of a few minutes, QUICK under the YAML
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -42,3 +43,12 @@ class RayConfig(Config):
     attribution_gpus: float | None = Field(None, ge=0, description="GPUs of the attribution actor; default 1 on cuda")
     placement: Literal["pack", "spread"] = Field("pack", description="placement group strategy of the workers")
     max_restarts: int = Field(3, ge=0, description="restarts of a crashed actor (its shards are redone)")
+    verbose: bool = Field(
+        False, description="demo, rl, tune: Ray's and the workers' logs on the terminal; default: into OUT/logs "
+        "(ray.log, workers.log), with one progress line per RL run on the terminal",
+    )
+
+    def log_dir(self, out: Path) -> Path | None:
+        """Where a command with --out `out` puts Ray's and the workers' logs (ray_session's `logs`):
+        OUT/logs, or None (the terminal) when verbose."""
+        return None if self.verbose else Path(out).absolute() / "logs"

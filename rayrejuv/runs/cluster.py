@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from rayrejuv.errors import RejuvError
+from rayrejuv.runs.console import RAY_LOG, WORKERS_LOG, ray_loggers_to, worker_output_to
 from rayrejuv.runs.resources import local_cpus
 
 AUTH_ENV = "RAY_AUTH_MODE"
@@ -35,10 +38,15 @@ def cluster_address(address: str | None) -> str | None:
 
 
 @contextmanager
-def ray_session(address: str | None, cpu_demand: float = 0.0) -> Iterator[dict]:
+def ray_session(address: str | None, cpu_demand: float = 0.0, logs: Path | None = None) -> Iterator[dict]:
     """Yield the cluster's resources. With no address (and no RAY_ADDRESS) a local instance is
     started for the run, with the CPUs the run reserves (`cpu_demand`, at least the machine's
     cores), and shut down after; otherwise the run joins the given cluster.
+
+    `logs`: a directory for what Ray prints (console.RAY_LOG: the driver's ray.* loggers;
+    console.WORKERS_LOG: every worker's forwarded stdout/stderr), named on stderr when the session
+    ends; None: all of it on the terminal (a command's --verbose). A process already connected to
+    Ray (a demo's RL task, a Tune trial) keeps its driver's setup.
 
     Ray 2.60 turns token auth on for a local ray.init() and for `ray start` when
     ~/.ray/auth_token exists, but a joining client with RAY_AUTH_MODE unset connects without the
@@ -47,21 +55,33 @@ def ray_session(address: str | None, cpu_demand: float = 0.0) -> Iterator[dict]:
     """
     import ray
 
-    already = ray.is_initialized()
-    address = cluster_address(address)
-    kwargs = {"log_to_driver": True, "configure_logging": False}
-    if not already:
-        if address:
-            _join(ray, address, kwargs)
-        else:
-            # address="local": a new instance even where a `ray start` cluster runs on this machine
-            ray.init(address="local", num_cpus=local_cpus(cpu_demand), include_dashboard=False,
-                     _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)  # fmt: skip
-    try:
+    if ray.is_initialized():
         yield ray.cluster_resources()
-    finally:
-        if not already:
-            ray.shutdown()
+        return
+    address = cluster_address(address)
+    with ExitStack() as session:
+        if logs is None:
+            _start(ray, address, cpu_demand)
+        else:  # ray.init's own messages (auth mode, local instance) go to the file too
+            session.callback(_name_logs, logs)
+            session.enter_context(ray_loggers_to(logs / RAY_LOG, lambda: _start(ray, address, cpu_demand)))
+            session.enter_context(worker_output_to(logs / WORKERS_LOG))
+        session.callback(ray.shutdown)  # first on the way out: the forwarding stops before its file closes
+        yield ray.cluster_resources()
+
+
+def _start(ray, address: str | None, cpu_demand: float) -> None:
+    kwargs = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        _join(ray, address, kwargs)
+    else:
+        # address="local": a new instance even where a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=local_cpus(cpu_demand), include_dashboard=False,
+                 _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)  # fmt: skip
+
+
+def _name_logs(logs: Path) -> None:
+    print(f"Ray and worker logs: {logs}/ ({RAY_LOG}, {WORKERS_LOG}; --verbose shows them here)", file=sys.stderr)
 
 
 def _join(ray, address: str, kwargs: dict) -> None:

@@ -9,6 +9,17 @@ from rich.table import Table
 
 from rayrejuv.commands.demo.results import LABELS, STARTS, DemoResults, DemoTable, SeedRun
 from rayrejuv.figures import pyplot
+from rayrejuv.runs.console import RunLine
+
+
+def rl_lines(directory: Path, seeds: list[int], steps: int):
+    """run_lines' `find` for the demo's RL phase: every (start, seed) run under rl/<start>/seed-<s>,
+    in the order they run (seed-major), named as the table names the starts."""
+    from rayrejuv.commands.rl.driver import RunLayout
+
+    runs = [RunLine(f"{LABELS[start]} seed {seed}", RunLayout(directory / start / f"seed-{seed}").metrics, steps)
+            for seed in seeds for start in STARTS]
+    return lambda: runs
 
 
 def _tick_labels() -> list[str]:

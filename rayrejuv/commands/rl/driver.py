@@ -116,7 +116,9 @@ def _check_gpus(cfg: RLConfig, resources: dict) -> None:
 def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> RLSummary:
     """Start workers -> fit -> finalize. `callbacks`: Ray Train UserCallbacks of the learner run
     (Tune's probe reporter uses one)."""
+    from rayrejuv.commands.rl.report import rl_line
     from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.console import run_lines
     from rayrejuv.runs.tracking import tracked_run
 
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
@@ -127,8 +129,9 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
     run_dir = claim(layout, cfg)
     started = time.perf_counter()
     with (
-        ray_session(cfg.ray.address, cfg.cpu_demand()) as resources,
+        ray_session(cfg.ray.address, cfg.cpu_demand(), cfg.ray.log_dir(cfg.out)) as resources,
         tracked_run(cfg.tracking, "rl", run_id=run_dir.state["run_id"]) as run,
+        run_lines(rl_line(cfg), progress),  # the run's live line: step, reward (its logs: OUT/logs)
     ):
         _check_gpus(cfg, resources)
         _record_run(run_dir, run, cfg, example)

@@ -53,3 +53,13 @@ def print_rl_summary(summary: RLSummary) -> None:
             t.add_row(key, f"{summary.eval_first[key]:.4f}", f"{summary.eval_last[key]:.4f}")
     c.print(t)
     c.print(f"mean step {summary.mean_step_seconds:.2f}s; wall {summary.seconds:.1f}s")
+
+
+def rl_line(cfg):
+    """run_lines' `find` for `rayrejuv rl`: the one run, named by its start and seed."""
+    from rayrejuv.commands.rl.driver import RunLayout
+    from rayrejuv.runs.console import RunLine
+
+    line = RunLine(f"GRPO from {Path(cfg.model).name} seed {cfg.seed}", RunLayout(Path(cfg.out).absolute()).metrics,
+                   cfg.steps)
+    return lambda: [line]

@@ -74,7 +74,9 @@ def claim_search(cfg: TuneConfig) -> RunDir:
 
 def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
     """Claim --out, start (or join) Ray, open the search's MLflow run, fit the Tuner, write the results."""
+    from rayrejuv.commands.tune.report import probe_lines
     from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.console import run_lines
     from rayrejuv.runs.tracking import tracked_run
 
     paths = ("base", "sft", "calibration", "train_data", "eval_data", "out", "ood_data")
@@ -82,9 +84,9 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
     search = claim_search(cfg)
     examples = rendered_examples(cfg, progress)
     t0 = time.perf_counter()
-    with ray_session(cfg.ray.address, cfg.cpu_demand()), tracked_run(
+    with ray_session(cfg.ray.address, cfg.cpu_demand(), cfg.ray.log_dir(cfg.out)), tracked_run(
         cfg.tracking, "tune", run_id=search.state["run_id"]
-    ) as run:
+    ) as run, run_lines(probe_lines(cfg), progress):  # a live line per trial's probe (Tune's logs: OUT/logs)
         if search.state["run_id"] is None:
             run.log_params(cfg.model_dump(mode="json") | examples)
         search.state["run_id"] = run.run_id
@@ -141,7 +143,8 @@ def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool):
         ),
         run_config=tune.RunConfig(
             name=NAME, storage_path=str(Path(cfg.out) / "ray"),
-            failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1 if progress else 0,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            verbose=int(progress and cfg.ray.verbose),  # Tune's status tables; else the CLI's line per probe
         ),
     )
 

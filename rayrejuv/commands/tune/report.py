@@ -31,3 +31,11 @@ def print_tune_summary(summary: TuneSummary) -> None:
     print(leaderboard_markdown(summary.leaderboard, list(summary.best.params)))
     print(f"best: {summary.best_yaml} (checkpoint {summary.best_checkpoint})")
     print(f"search {summary.wall_seconds:.0f}s; sum of trial times {summary.trial_seconds_sum:.0f}s")
+
+
+def probe_lines(cfg):
+    """run_lines' `find` for `rayrejuv tune`: each trial's GRPO probe (OUT/trials/<id>/probe, trial.py)."""
+    from rayrejuv.runs.console import runs_under
+
+    return runs_under(Path(cfg.out).absolute() / "trials", "*/probe/metrics.jsonl", cfg.probe.steps,
+                      lambda p: f"trial {p.parent.parent.name} probe seed {cfg.seed}")
