@@ -14,14 +14,25 @@ REFERENCE_CPUS = 1.0  # what the reference actor reserves (and sizes torch's thr
 
 class ReferenceWorker:
     def __init__(self, model_dir: str, device: str, dtype: str, cpus: float, micro_batch_size: int, chunk: int):
-        from rayrejuv.io.checkpoint import Checkpoint
-        from rayrejuv.models.loading import DTYPES, load_model, resolve_device
-        from rayrejuv.models.logprobs import CompletionScorer
+        from rayrejuv.models.loading import resolve_device
         from rayrejuv.runs.resources import set_torch_threads
 
         set_torch_threads(cpus)
-        self.device = resolve_device(device)
-        model = load_model(Checkpoint(Path(model_dir), role="reference"), DTYPES[dtype], self.device)
+        self.device, self.dtype = resolve_device(device), dtype
+        self.scorer = None
+        self.load(model_dir, micro_batch_size, chunk)
+
+    def load(self, model_dir: str, micro_batch_size: int, chunk: int) -> None:
+        """Hold `model_dir` as the frozen reference (a pool's next run: its own start), scored
+        `micro_batch_size` sequences and `chunk` completion tokens of the LM head at a time."""
+        from rayrejuv.io.checkpoint import Checkpoint
+        from rayrejuv.models.loading import DTYPES, load_model
+        from rayrejuv.models.logprobs import CompletionScorer
+
+        self.scorer = None  # the previous model goes before the next one loads
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        model = load_model(Checkpoint(Path(model_dir), role="reference"), DTYPES[self.dtype], self.device)
         self.scorer = CompletionScorer(model, chunk)  # the LM head a chunk of tokens at a time
         self.micro = micro_batch_size
 

@@ -218,14 +218,15 @@ def rl_cpu_demand(cfg: DemoConfig, world) -> float:
     return rl_config(cfg, world, world.base, cfg.seed, world.root.parent / "rl", cfg.tracking).cpu_demand()
 
 
-def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> SeedRun:
-    """One GRPO run (resumed, or reused when finished), then its final checkpoint's scores."""
+def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int, pool) -> SeedRun:
+    """One GRPO run on `pool` (the RunQueue of the demo's worker pools; resumed, or reused when
+    finished), then its final checkpoint's scores."""
     from rayrejuv.commands.rl.config import RLConfig
     from rayrejuv.commands.rl.driver import RunLayout
 
     rcfg = RLConfig.model_validate(rl_json)
     layout = RunLayout(Path(rcfg.out))
-    summary = _finished_or_run(rcfg, layout)
+    summary = _finished_or_run(rcfg, layout, pool)
     scores = _score(str(summary.final_checkpoint), evals, max_new_tokens, rcfg.chat_template)
     steps = [r for r in layout.records() if "reward/mean" in r]
     return SeedRun(
@@ -243,45 +244,53 @@ def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int) -> SeedRu
     )
 
 
-def _finished_or_run(rcfg, layout):
-    """A finished run's RLSummary (summary.json), else that of the run itself (new or resumed)."""
+def _finished_or_run(rcfg, layout, pool):
+    """A finished run's RLSummary (summary.json), else that of the run itself on `pool` (new or resumed)."""
     from rayrejuv.commands.rl.driver import run_rl
     from rayrejuv.commands.rl.summary import RLSummary
 
     finished = layout.state.is_file() and json.loads(layout.state.read_text())["finished_steps"] >= rcfg.steps
     if finished and layout.summary.is_file():
         return RLSummary.from_json(layout.summary.read_text())
-    return run_rl(rcfg, False)
+    return run_rl(rcfg, False, pool=pool)
 
 
 def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets, directory: Path,
                parent: Run, progress: bool) -> dict[str, list[SeedRun]]:
-    """Every (start, seed) GRPO run, `rl.concurrent` at a time, each a Ray task that drives its
-    own Ray Train learner; results come back sorted by seed."""
+    """Every (start, seed) GRPO run on `rl.concurrent` worker pools (commands/rl/pool.py: rollout
+    actors, reference and a Ray Train learner started once, each serving the next run of one queue
+    while others wait), each run driven by a Ray task (its directory, MLflow child run, sink) that
+    then scores its final checkpoint; results come back sorted by seed."""
     import ray
     from tqdm.auto import tqdm
 
-    task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: its actors and learner hold the CPUs
-    # never more runs than the cluster holds at once: two half-started runs could each hold the CPU
-    # the other's learner waits for (a deadlock)
-    fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))
-    concurrent = max(1, min(cfg.rl.concurrent, fits))
+    from rayrejuv.commands.rl.driver import resolve_dtypes
+    from rayrejuv.commands.rl.pool import Pools
+
+    task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: the pools' workers hold the CPUs
+    fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))  # pools the cluster holds
+    pools = Pools(max(1, min(cfg.rl.concurrent, fits)), directory / "pools")
     todo = [(start, seed) for seed in cfg.seed_list for start in STARTS]  # seed-major: an interrupted demo
     # has every start at the same seeds
     running: dict = {}
     done: dict[str, list[SeedRun]] = {s: [] for s in STARTS}
     bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
     while todo or running:
-        while todo and len(running) < concurrent:
+        while todo and len(running) < pools.count + 1:  # one more waits in the queue while a run is scored
             start, seed = todo.pop(0)
             rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}",
                              parent.child(cfg.tracking, f"rl:{start}:seed-{seed}"))
-            running[task.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens)] = start
-        ready, _ = ray.wait(list(running), num_returns=1)
+            queue = pools.queue_for(resolve_dtypes(rcfg))
+            running[task.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens, queue)] = start
+        ready, _ = ray.wait([*running, *pools.tasks], num_returns=1)
         for ref in ready:
+            if ref not in running:  # a pool ended while runs were left: its error (a fit that failed)
+                ray.get(ref)
+                raise RuntimeError("an RL worker pool stopped before the demo's runs were done")
             done[running.pop(ref)].append(ray.get(ref))
             bar.update(1)
     bar.close()
+    pools.close()
     return {s: sorted(runs, key=lambda r: r.seed) for s, runs in done.items()}
 
 

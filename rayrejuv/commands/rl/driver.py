@@ -2,7 +2,8 @@
 
     check inputs, claim --out                   run.json: the config's fingerprint, MLflow run id, steps done
     start workers                               rollout actors, reference (beta > 0), metrics sink
-    fit                                         Ray Train learner: `loop.grpo_worker` on every rank
+    fit                                         Ray Train learner: `loop.grpo_run` on every rank, on a pool
+                                                of one run (or on a running pool: the demo's, Tune's)
     finalize                                    --out/final, summary.json (RLSummary), curves.png
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rayrejuv.commands.rl.config import RLConfig
+from rayrejuv.commands.rl.pool import pool_key, run_alone, run_on
 from rayrejuv.commands.rl.summary import RLSummary
-from rayrejuv.commands.rl.workers import RLWorkers, start_workers
+from rayrejuv.commands.rl.workers import RLWorkers, RunJob, start_workers
 from rayrejuv.data.jsonl import read_jsonl
+from rayrejuv.distributed.metrics_sink import start_sink
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import AtomicDir, atomic_write_text
@@ -40,7 +44,7 @@ class RunLayout:
 
     @property
     def storage(self) -> Path:
-        return self.root / "ray"  # Ray Train's checkpoints: ray/grpo/checkpoint_*
+        return self.root / "ray"  # checkpoints: ray/grpo/checkpoint_* (loop.save_checkpoint); Ray Train's state
 
     @property
     def final(self) -> Path:
@@ -79,11 +83,16 @@ def start_dtype(ckpt: Checkpoint) -> str:
     return name if name in ("float32", "bfloat16", "float16") else "float32"
 
 
-def _check_inputs(cfg: RLConfig) -> tuple[RLConfig, list[dict], list[dict]]:
-    """The config with its `auto` dtypes resolved, the training rows and the eval rows."""
+def resolve_dtypes(cfg: RLConfig) -> RLConfig:
+    """The config with its `auto` dtypes resolved to the start's (what its workers are made with)."""
     with Checkpoint(cfg.model, role="policy") as ckpt:  # refuses pickle weights, checks every tensor is there
         ckpt.check_complete()
-        cfg = cfg.with_start_dtype(start_dtype(ckpt))
+        return cfg.with_start_dtype(start_dtype(ckpt))
+
+
+def _check_inputs(cfg: RLConfig) -> tuple[RLConfig, list[dict], list[dict]]:
+    """The config with its `auto` dtypes resolved, the training rows and the eval rows."""
+    cfg = resolve_dtypes(cfg)
     rows = read_jsonl(cfg.train_data, ("prompt", "answer"), "RL training data")
     if len(rows) < cfg.grpo.prompts_per_step:
         raise RejuvError(
@@ -113,14 +122,19 @@ def _check_gpus(cfg: RLConfig, resources: dict) -> None:
     )
 
 
-def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) -> RLSummary:
-    """Start workers -> fit -> finalize. `callbacks`: Ray Train UserCallbacks of the learner run
-    (Tune's probe reporter uses one)."""
+def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], None] | None = None,
+           pool=None, owner: str | None = None) -> RLSummary:
+    """Start workers -> fit -> finalize. `pool`: the RunQueue of running worker pools to run on
+    instead (commands/rl/pool.py; `owner` can cancel it there); `on_report`: gets each checkpoint
+    step's metrics (Tune's probe reporter)."""
+    import ray
+
     from rayrejuv.commands.rl.report import rl_line
     from rayrejuv.runs.cluster import ray_session
     from rayrejuv.runs.console import run_lines
     from rayrejuv.runs.tracking import tracked_run
 
+    submitted = time.time()  # time/run_start counts from here
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     cfg, rows, eval_rows = _check_inputs(cfg)
@@ -135,9 +149,17 @@ def run_rl(cfg: RLConfig, progress: bool = True, callbacks: list | None = None) 
     ):
         _check_gpus(cfg, resources)
         _record_run(run_dir, run, cfg, example)
-        with start_workers(cfg, layout.metrics, run) as workers:
-            checkpoint = fit(cfg, layout, workers, rows, eval_rows, progress, callbacks)
-            records = workers.records()
+        sink = start_sink(layout.metrics, run.tracking_uri, run.run_id)
+        try:
+            job = RunJob(cfg.model_dump(mode="json"), rows, eval_rows, sink, pool_key(cfg), progress, submitted)
+            if pool is None:
+                with start_workers(cfg) as workers:
+                    checkpoint = fit(cfg, layout, workers, job, on_report)
+            else:
+                checkpoint = run_on(pool, job, on_report, owner)
+            records = ray.get(sink.records.remote())
+        finally:
+            ray.kill(sink)
         return finalize(cfg, layout, run_dir, run, checkpoint, records, started)
 
 
@@ -168,35 +190,14 @@ def _record_run(run_dir: RunDir, run: Run, cfg: RLConfig, example: str) -> None:
     run_dir.save()
 
 
-def fit(cfg: RLConfig, layout: RunLayout, workers: RLWorkers, rows: list[dict], eval_rows: list[dict],
-        progress: bool, callbacks: list | None):
-    """The Ray Train learner: `grpo_worker` on every rank until cfg.steps; returns its last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from rayrejuv.commands.rl.loop import grpo_worker
-
-    learner = cfg.learner
-    trainer = TorchTrainer(
-        grpo_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "rows": rows, "eval_rows": eval_rows,
-                           "workers": workers, "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if learner.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=learner.workers, use_gpu=learner.use_gpu,
-                                     resources_per_worker=cfg.learner_resources(),
-                                     label_selector=workers.placement.learner_label_selector()),
-        run_config=RunConfig(
-            name="grpo",
-            storage_path=str(layout.storage),
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            callbacks=callbacks,
-        ),
-    )
-    return trainer.fit().checkpoint
+def fit(cfg: RLConfig, layout: RunLayout, workers: RLWorkers, job: RunJob,
+        on_report: Callable[[dict], None] | None) -> Path:
+    """The Ray Train learner of this run alone: a pool of one run on `workers` (`loop.grpo_run` on
+    every rank until cfg.steps); returns its last checkpoint."""
+    return run_alone(cfg, layout.storage, job, on_report, workers)
 
 
-def finalize(cfg: RLConfig, layout: RunLayout, run_dir: RunDir, run: Run, checkpoint, records: list[dict],
+def finalize(cfg: RLConfig, layout: RunLayout, run_dir: RunDir, run: Run, checkpoint: Path, records: list[dict],
              started: float) -> RLSummary:
     """Export --out/final, mark the run finished, write summary.json and curves.png, log them."""
     from rayrejuv.commands.rl.report import plot_rl_curves
@@ -213,9 +214,9 @@ def finalize(cfg: RLConfig, layout: RunLayout, run_dir: RunDir, run: Run, checkp
     return summary
 
 
-def export_final(checkpoint, target: Path) -> Path:
-    """The last Ray Train checkpoint's HF model, copied atomically to --out/final."""
-    with checkpoint.as_directory() as d, AtomicDir(target, overwrite=True) as out:
-        shutil.copytree(Path(d) / "model", out.tmp, dirs_exist_ok=True)
+def export_final(checkpoint: Path, target: Path) -> Path:
+    """The last checkpoint's HF model, copied atomically to --out/final."""
+    with AtomicDir(target, overwrite=True) as out:
+        shutil.copytree(Path(checkpoint) / "model", out.tmp, dirs_exist_ok=True)
         out.commit()
     return target

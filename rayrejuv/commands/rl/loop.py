@@ -10,14 +10,19 @@
 
 The first four (the `Experience`) run once, on rank 0, and are shared with every rank; each
 learner rank trains on its slice. Metrics go to the MetricsSink actor (metrics.jsonl + MLflow);
-checkpoint steps also `ray.train.report` them (Tune's probe reporter reads those).
+checkpoint steps write the run's checkpoint into its directory and report their metrics to the
+run's driver (Tune's probe reporter reads those).
+
+The Ray Train workers are a pool's (commands/rl/pool.py): `pool_worker` serves the runs of the
+pool's queue in turn, each one `grpo_run` from its start (or its last checkpoint), so a warm
+pool starts a run without starting a process.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import Any
 import torch
 
 from rayrejuv.commands.rl.config import RLConfig
-from rayrejuv.commands.rl.workers import RLWorkers
+from rayrejuv.commands.rl.workers import RLWorkers, RunJob
 from rayrejuv.data.prompts import draw_prompts
 from rayrejuv.distributed.learner import Learner
 from rayrejuv.method.dapo import OVERLONG, fill_groups, informative_groups, truncated
@@ -37,6 +42,8 @@ from rayrejuv.models.evaluate import score_pass_at_k
 from rayrejuv.models.rollout import Rollout, Sampling
 
 STATE_FILE = "trainer_state.json"
+CHECKPOINTS = Path("ray") / "grpo"  # a run's checkpoints, under its directory: checkpoint_<step>/
+TAKE_TIMEOUT = 30.0  # seconds rank 0 waits on the pool's queue before every rank asks again
 log = logging.getLogger(__name__)
 
 
@@ -228,36 +235,57 @@ def sync_rollouts(learner: Learner, rollouts, version: int, rank0: bool) -> dict
     return shared(lambda: metrics)
 
 
-def grpo_worker(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: the GRPO loop above, resumable from Ray Train checkpoints."""
+def pool_worker(config: dict) -> None:
+    """Ray Train's train_loop_per_worker of a pool (commands/rl/pool.py): the runs of its queue one
+    after another on this long-lived worker group, each from its start or its last checkpoint.
+    Rank 0 takes each run (a bounded wait: no collective waits long on the queue) and shares it."""
     import ray
     import ray.train
-    from tqdm.auto import tqdm
 
-    from rayrejuv.models.loading import pad_id
+    from rayrejuv.distributed.run_queue import CLOSED
     from rayrejuv.runs.resources import set_torch_threads
 
-    cfg = RLConfig.model_validate(config["cfg"])
-    set_torch_threads(cfg.learner.cpus_per_worker)  # the CPUs this Ray Train worker reserved
+    set_torch_threads(config["cpus"])  # the CPUs this Ray Train worker reserved
     workers: RLWorkers = config["workers"]
+    queue, pool = config["queue"], config["pool"]
     rank0 = ray.train.get_context().get_world_rank() == 0
-    torch.manual_seed(cfg.seed)
-    learner, tokenizer, state = start_learner(cfg)
+    while (taken := shared(lambda: ray.get(queue.take.remote(pool, TAKE_TIMEOUT)))) != CLOSED:
+        if taken is None:
+            continue  # nothing came: ask again
+        job_id, job = taken
+        if job.key != config["key"]:  # the same on every rank
+            if rank0:
+                ray.get(queue.fail.remote(job_id, f"its workers ({job.key}) are not this pool's ({config['key']})"))
+            continue
+        last = grpo_run(job, workers.serving(job.sink), rank0,
+                        stopped=lambda: ray.get(queue.stopped.remote(job_id)),  # noqa: B023 (called in the run)
+                        report=lambda m: ray.get(queue.report.remote(job_id, m)))  # noqa: B023
+        if rank0:
+            ray.get(queue.finish.remote(job_id, None if last is None else str(last)))
+        gc.collect()  # the run's learner goes before the next one's is built
+
+
+def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, stopped: Callable[[], bool],
+             report: Callable[[dict], None]) -> Path | None:
+    """One run on every rank: the GRPO loop from the run's start or its last checkpoint to cfg.steps,
+    checkpoints into the run's directory; returns the last one (None when stopped: its queue job ended).
+    Rank 0 reports the checkpoint steps' metrics (`report`: to the run's driver, e.g. Tune's scheduler)."""
+    import ray
+    from tqdm.auto import tqdm
+
+    cfg = RLConfig.model_validate(job.cfg)
+    learner, tokenizer, experience, state = begin_run(cfg, job, workers, rank0)
     start, generated = state["step"], state["generated_tokens"]
-    experience = Experience(cfg, config["rows"], config["eval_rows"], workers, pad_id(tokenizer),
-                            tokenizer.eos_token_id)
-    throughput = throughput_of(cfg, learner.device)
-    sync_rollouts(learner, workers.rollouts, start, rank0)
-    if rank0:
-        ray.get(workers.sink.truncate.remote(start))  # a resumed run redoes the steps after its checkpoint
+    throughput, run_start = throughput_of(cfg, learner.device), time.time() - job.submitted
     if start == 0 and cfg.eval_every:
         evals = shared(lambda: experience.evaluate(0))
         if rank0:
             ray.get(workers.sink.log.remote(0, evals))
-
-    bar = tqdm(range(start, cfg.steps), desc="GRPO", unit="step", disable=not (rank0 and config["progress"]),
+    bar = tqdm(range(start, cfg.steps), desc="GRPO", unit="step", disable=not (rank0 and job.progress),
                initial=start, total=cfg.steps)
     for step in bar:
+        if shared(stopped):
+            return None
         t0 = time.perf_counter()
         batch, metrics = grpo_step(step, experience, learner, rank0)
         step_seconds = time.perf_counter() - t0  # the GRPO step: evaluation outside, as in verl's step timer
@@ -270,10 +298,37 @@ def grpo_worker(config: dict) -> None:
             metrics |= shared(lambda: experience.evaluate(done))  # noqa: B023 (called at once)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/tokens_per_s"] = batch.num_tokens / metrics["time/step"]
+        if step == start:
+            metrics["time/run_start"] = run_start  # the driver's start to this first step (a warm pool: < 3 s)
         if rank0:
             ray.get(workers.sink.log.remote(done, metrics))
             bar.set_postfix(reward=f"{metrics['reward/mean']:+.3f}", entropy=f"{metrics['policy/entropy']:.3f}")
-        _report(learner, tokenizer, done, metrics, due=done % cfg.checkpoint_every == 0 or done == cfg.steps)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(learner, tokenizer, Path(cfg.out), done, {"step": done, "generated_tokens": generated},
+                            cfg.keep_checkpoints)
+            if rank0:
+                report({k: float(v) for k, v in metrics.items()} | {"step": done})
+    return latest_checkpoint(Path(cfg.out))
+
+
+def begin_run(cfg: RLConfig, job: RunJob, workers: RLWorkers, rank0: bool):
+    """What a run needs on this rank before its first step: the learner loaded from the start or
+    the last checkpoint (the optimizer, the RNG and the step with it), the reference holding the
+    start, the rollout actors holding the learner's weights, the sink's records up to the step
+    resumed from (a resumed run redoes the steps after its checkpoint), and the step's Experience."""
+    import ray
+
+    from rayrejuv.models.loading import pad_id
+
+    torch.manual_seed(cfg.seed)
+    learner, tokenizer, state = start_learner(cfg)
+    if rank0:
+        workers.load_reference(cfg)
+    experience = Experience(cfg, job.rows, job.eval_rows, workers, pad_id(tokenizer), tokenizer.eos_token_id)
+    sync_rollouts(learner, workers.rollouts, state["step"], rank0)
+    if rank0:
+        ray.get(workers.sink.truncate.remote(state["step"]))
+    return learner, tokenizer, experience, state
 
 
 def throughput_of(cfg: RLConfig, device: torch.device) -> Throughput:
@@ -293,9 +348,8 @@ def throughput_of(cfg: RLConfig, device: torch.device) -> Throughput:
 
 
 def start_learner(cfg: RLConfig) -> tuple[Learner, Any, dict]:
-    """This rank's learner from cfg.model, or from the latest Ray Train checkpoint, and the
-    trainer state ({"step", "generated_tokens"}: what the run had done)."""
-    import ray.train
+    """This rank's learner from cfg.model, or from the run's last checkpoint, and the trainer state
+    ({"step", "generated_tokens"}: what the run had done)."""
     import ray.train.torch
 
     from rayrejuv.io.checkpoint import Checkpoint
@@ -304,25 +358,58 @@ def start_learner(cfg: RLConfig) -> tuple[Learner, Any, dict]:
     tokenizer = load_tokenizer(Checkpoint(cfg.model, role="policy"))
     device = ray.train.torch.get_device() if cfg.learner.use_gpu else torch.device("cpu")
     learner = Learner(from_pretrained(cfg.model, DTYPES[cfg.learner.dtype]), cfg.grpo, cfg.learner, device)
-    restored = ray.train.get_checkpoint()
+    restored = latest_checkpoint(Path(cfg.out))
     if restored is None:
         return learner, tokenizer, {"step": 0, "generated_tokens": 0.0}
-    with restored.as_directory() as d:
-        learner.load(Path(d))
-        return learner, tokenizer, json.loads((Path(d) / STATE_FILE).read_text())
+    learner.load(restored)
+    return learner, tokenizer, json.loads((restored / STATE_FILE).read_text())
 
 
-def _report(learner, tokenizer, step: int, metrics: dict, due: bool) -> None:
-    """A Ray Train checkpoint when due. ray.train.report is a barrier (every rank calls it the same
-    number of times) and costs ~1-2 s, so it runs on checkpoint steps only: per-step metrics
-    travel through the MetricsSink instead."""
-    import ray.train
+def checkpoint_steps(root: Path) -> dict[int, Path]:
+    """The run's complete checkpoints by step: <root>/ray/grpo/checkpoint_*, each with its trainer
+    state (written last, so one without it is incomplete; Ray Train's own, before the pool, too)."""
+    found = {}
+    for d in sorted((root / CHECKPOINTS).glob("checkpoint_*")):
+        if (d / STATE_FILE).is_file():
+            found[json.loads((d / STATE_FILE).read_text())["step"]] = d
+    return found
 
-    if not due:
-        return
-    scalars = {k: float(v) for k, v in metrics.items()} | {"step": step}
-    with tempfile.TemporaryDirectory() as d:
-        learner.save(Path(d), tokenizer)
-        state = {"step": step, "generated_tokens": metrics["sampling/generated_tokens_total"]}
-        (Path(d) / STATE_FILE).write_text(json.dumps(state))
-        ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+def latest_checkpoint(root: Path) -> Path | None:
+    steps = checkpoint_steps(root)
+    return steps[max(steps)] if steps else None
+
+
+def save_checkpoint(learner: Learner, tokenizer, root: Path, step: int, state: dict, keep: int) -> None:
+    """Every rank: the learner's checkpoint of `step` (model/, the full-precision weights, each rank's
+    optimizer state) into <root>/ray/grpo/checkpoint_<step>, atomically (a temporary sibling renamed
+    into place once every rank has written, the trainer state last); only the newest `keep` stay.
+    Written by the run itself, not by Ray Train: a pool's fit serves many runs, each its own directory."""
+    import shutil
+
+    from rayrejuv.io.writer import AtomicDir
+
+    out = AtomicDir(root / CHECKPOINTS / f"checkpoint_{step:06d}", overwrite=True)
+    rank0 = _rank0()
+    if rank0:
+        out.tmp.mkdir(parents=True)
+    tmp = Path(shared(lambda: str(out.tmp)))  # every rank writes into rank 0's temporary directory
+    learner.save(tmp, tokenizer)
+    _barrier()  # every rank's files are in
+    if rank0:
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        out.commit()
+        steps = checkpoint_steps(root)
+        stale = [steps[s] for s in sorted(steps)[:-keep]] + list((root / CHECKPOINTS).glob(".checkpoint_*"))
+        for d in stale:  # older checkpoints, and the temporary directories of an interrupted save
+            shutil.rmtree(d, ignore_errors=True)
+    _barrier()
+
+
+def _rank0() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()

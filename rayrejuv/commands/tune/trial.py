@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.tune.integration.ray_train import TuneReportCallback
-
 from rayrejuv.commands.rl.driver import RunLayout
 from rayrejuv.commands.tune.config import TuneConfig
 from rayrejuv.config.prompts import ChatTemplate
@@ -70,21 +68,21 @@ OBJECTIVES = {
 }
 
 
-class ProbeReport(TuneReportCallback):
-    """Forwards the probe learner's checkpoint-step reports to Tune, with the probe's reward curve
-    so far (read from its metrics.jsonl: the sink wrote every step before rank 0 reported), the
-    objective ASHA ranks by, and the trial's run time so far (a trial ASHA stops never makes its
-    final report)."""
+class ProbeReport:
+    """Forwards the probe's checkpoint-step reports to Tune (`rayrejuv rl`'s on_report), with the
+    probe's reward curve so far (read from its metrics.jsonl: the sink wrote every step before rank
+    0 reported), the objective ASHA ranks by, and the trial's run time so far (a trial ASHA stops
+    never makes its final report)."""
 
     def __init__(self, probe: RunLayout, window: int, objective: str, started: float):
-        super().__init__()
         self.probe, self.window, self.objective, self.started = probe, window, objective, started
 
-    def after_report(self, run_context, metrics, checkpoint):
-        curve = ProbeCurve.read(self.probe, self.window, through=metrics[0]["step"])
-        first = {**metrics[0], **curve.metrics(), "objective": OBJECTIVES[self.objective].during(curve),
-                 "time/trial": time.time() - self.started}
-        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+    def __call__(self, metrics: dict) -> None:
+        from ray import tune
+
+        curve = ProbeCurve.read(self.probe, self.window, through=metrics["step"])
+        tune.report({**metrics, **curve.metrics(), "objective": OBJECTIVES[self.objective].during(curve),
+                     "time/trial": time.time() - self.started})
 
 
 def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig) -> None:
@@ -122,7 +120,7 @@ def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tup
     probe = cfg.probe.rl_config(rcfg.out, cfg.train_data, trial_dir / "probe", cfg.seed)
     layout = RunLayout(probe.out)
     reporter = ProbeReport(layout, cfg.probe.report_every, cfg.objective, started)
-    summary = run_rl(probe, progress=False, callbacks=[reporter])
+    summary = run_rl(probe, progress=False, on_report=reporter)
     curve = ProbeCurve.read(layout, cfg.probe.report_every, through=probe.steps)
     evals = evaluate(cfg, summary.final_checkpoint, probe.grpo.max_new_tokens, probe.chat_template)
     result = {
