@@ -87,9 +87,10 @@ class HFRolloutWorker:
         move into one flat buffer laid out like the plan's buckets, so buckets land in them."""
         self._receiver = None  # the previous group's connections go first
         receiver = Receiver(rendezvous, rank, self.model.device)
-        if self._layout is None or self._layout[0] != receiver.plan:
-            _check_plan(receiver.plan, dict(self.model.named_parameters()))
-            self._layout = (receiver.plan, *_relayout(receiver.plan, dict(self.model.named_parameters())))
+        params = dict(self.model.named_parameters())
+        if not (self._layout and self._layout[0] == receiver.plan and _inside(self._layout[1], params)):
+            _check_plan(receiver.plan, params)
+            self._layout = (receiver.plan, *_relayout(receiver.plan, params))
         self._receiver = receiver
 
     @torch.no_grad()
@@ -158,6 +159,11 @@ def _relayout(plan: BucketPlan, params: dict[str, torch.Tensor]) -> tuple[torch.
         view.copy_(params[s.name])
         params[s.name].data = view
     return flat, [flat[start : start + b.nbytes] for start, b in zip(starts, plan.buckets)]
+
+
+def _inside(flat: torch.Tensor, params: dict[str, torch.Tensor]) -> bool:
+    """Every parameter still lives in `flat` (nothing replaced them since the re-layout)."""
+    return all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params.values())
 
 
 def _tied_keys(model) -> set[str]:

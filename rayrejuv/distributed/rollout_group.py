@@ -230,7 +230,9 @@ class CollectiveSync:
         return self.__dict__ | {"store": None, "group": None, "source": None}
 
     def sync(self, source: WeightSource, version: int) -> dict[str, float]:
-        if self.group is None:
+        """The group is built at the first sync, and again when the weights' names or shapes change
+        (a pool's next run: the plan travels only at the join)."""
+        if self.group is None or self.plan.specs != tuple(source.specs(self.dtype)):
             self._join(source)
         self.source, self.version = source, version
         return self._send()
