@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from rayrejuv.commands.testbed.real import build_real_fixture  # noqa: F401  (`t
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
 from rayrejuv.runs.directory import RunDir, claim_run_dir
+from rayrejuv.runs.resources import set_torch_threads
 from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.testbed import task
 from rayrejuv.testbed.tiny import build_model, tiny_config
@@ -35,6 +38,11 @@ from rayrejuv.testbed.train import steps_for, train_pairs
 from rayrejuv.timing import PhaseTimer
 
 MANIFEST = "testbed.json"
+# Every world is built with this many torch threads, whatever the machine: the weights depend on the
+# count (the GEMMs' blocking; the quick world built with 1 and with 2 threads differs by up to 3.3e-6
+# in every SFT rung, which RL then amplifies), so a world is the same on every machine. 2: the
+# cores of the machine the README's and docs/testbed.md's worlds were built and measured on (and CI's).
+WORLD_THREADS = 2
 DATA_FILES = ("sft", "calibration", "rl_train", "eval_id", "eval_ood", "eval_hard", "eval_wide", "eval_general")
 
 
@@ -90,7 +98,7 @@ def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> BuildManifest:
     layout = WorldLayout(Path(cfg.out))
     run_dir = _claim_directory(layout, cfg)
     timer = PhaseTimer()
-    with tracked_run(cfg.tracking, run_name=f"testbed:{layout.root.name}") as run:
+    with tracked_run(cfg.tracking, run_name=f"testbed:{layout.root.name}") as run, world_threads():
         run.log_params(cfg.model_dump(mode="json"))
         with timer.phase("data"):
             rows = write_data(layout, cfg)
@@ -106,6 +114,17 @@ def build_testbed(cfg: TinyWorldConfig, progress: bool = True) -> BuildManifest:
         run.log_metrics({f"time.{k}": v for k, v in timer.seconds.items()})
         run.log_artifact(run_dir.manifest)
     return manifest
+
+
+@contextmanager
+def world_threads() -> Iterator[None]:
+    """torch's thread count fixed to WORLD_THREADS while the world is built, then restored."""
+    previous = torch.get_num_threads()
+    set_torch_threads(WORLD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _claim_directory(layout: WorldLayout, cfg: TinyWorldConfig) -> RunDir:
