@@ -24,7 +24,8 @@ class WorldDataConfig(Config):
     ood_max: int = Field(
         30,
         ge=2,
-        description="largest number in out-of-distribution, wide (RL) and base pre-training problems "
+        description="largest number in out-of-distribution and base pre-training problems, and in the hard and "
+        "wide (RL) problems unless hard_max is set "
         "(30, not 40: a base pre-trained within the build budget does arithmetic in a smaller range)",
     )
     id_steps: Literal[2, 3] = Field(
