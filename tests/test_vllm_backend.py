@@ -171,7 +171,7 @@ class TestEngine:
         new = _perturbed(model)
         s = Sampling(n=2, temperature=1.0, max_new_tokens=16, seed=11)
         before = worker.generate(PROMPTS, s)
-        assert worker.sync_info() == {"members": 1, "device": "cpu", "dtype": "float32"}
+        assert worker.sync_info() == {"members": 1, "device": "cpu", "gpus": [None], "dtype": "float32"}
         store = None
         for generation, (weights, version) in enumerate([(new, 3), (model, 4)]):
             store, plan, sent, got = _collective_sync(worker, weights, version, generation, store)

@@ -465,3 +465,15 @@ def test_vllm_sleep_level_and_a_sync_wakes_the_weights_before_loading_and_the_kv
     worker.sleep()
     worker.receive_sync(version=6)
     assert worker.llm.calls == [("rpc", "rayrejuv_receive"), ("reset_prefix_cache", None)]
+
+
+def test_the_group_uses_nccl_only_when_every_rank_holds_a_gpu_of_its_own():
+    from rayrejuv.distributed.weight_sync import group_backend
+
+    assert group_backend("GPU-a", ["GPU-b", "GPU-c"]) == "nccl"  # separate placement on 3 GPUs
+    # colocated: rollout engine 0 on the learner's GPU; NCCL would fail with "Duplicate GPU detected"
+    assert group_backend("GPU-a", ["GPU-a", "GPU-b"]) == "gloo"
+    assert group_backend("GPU-a", ["GPU-b", "GPU-b"]) == "gloo"  # two engines sharing one GPU
+    assert group_backend(None, ["GPU-a"]) == "gloo"  # a CPU learner
+    assert group_backend("GPU-a", [None]) == "gloo"  # an hf actor on CPU
+    assert group_backend(None, [None, None]) == "gloo"

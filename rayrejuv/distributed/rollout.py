@@ -78,8 +78,12 @@ class HFRolloutWorker:
 
     def sync_info(self) -> dict:
         """What the sync needs to know: members in the group (one: this process), where the weights
-        live and their dtype (the sender casts to it)."""
-        return {"members": 1, "device": self.model.device.type, "dtype": str(self.model.dtype).removeprefix("torch.")}
+        live (the device type, and the GPU of each member: NCCL needs one per rank) and their dtype
+        (the sender casts to it)."""
+        from rayrejuv.distributed.weight_sync import gpu_uuid
+
+        return {"members": 1, "device": self.model.device.type, "gpus": [gpu_uuid(self.model.device)],
+                "dtype": str(self.model.dtype).removeprefix("torch.")}
 
     def join_sync(self, rendezvous: dict, rank: int) -> None:
         """Join (or rejoin: a new generation) the sync group as `rank`. The plan must name exactly

@@ -28,6 +28,8 @@ from rayrejuv.distributed.weight_sync import (
     WeightSource,
     WeightSyncError,
     check_checksums,
+    gpu_uuid,
+    group_backend,
     send,
 )
 from rayrejuv.method.buckets import checksum, plan_buckets
@@ -216,7 +218,7 @@ def _nbytes(source: WeightSource, dtype: torch.dtype) -> float:
 class CollectiveSync:
     """rollout.sync=collective: this process (learner rank 0) broadcasts the weights bucket by bucket
     to every member (an hf actor; each vLLM tensor-parallel worker) over a process group built at the
-    first sync (NCCL when the learner and every actor are on CUDA, else gloo) and rebuilt under a new
+    first sync (NCCL when the learner and every member hold a GPU of their own, else gloo) and rebuilt under a new
     generation when an actor restarts."""
 
     def __init__(self, actors: list, info: list[dict], cfg: RolloutConfig):
@@ -256,13 +258,13 @@ class CollectiveSync:
         import ray
 
         self.plan = plan_buckets(source.specs(self.dtype), self.bucket_bytes)
-        on_cuda = source.device.type == "cuda" and all(i["device"] == "cuda" for i in self.info)
+        backend = group_backend(gpu_uuid(source.device), [g for i in self.info for g in i["gpus"]])
         if self.store is None:
             self.host = ray.util.get_node_ip_address()
             self.store = torch.distributed.TCPStore(self.host, 0, None, True, TIMEOUT, wait_for_workers=False)
         members = [i["members"] for i in self.info]
         rdv = Rendezvous(self.host, self.store.port, 1 + sum(members), self.generation,
-                         "nccl" if on_cuda else "gloo", self.plan.to_wire(), source.aliases)
+                         backend, self.plan.to_wire(), source.aliases)
         self.generation += 1
         firsts = [1 + sum(members[:i]) for i in range(len(members))]  # each actor's first rank
         refs = [a.join_sync.remote(rdv.to_wire(), r) for a, r in zip(self.actors, firsts)]

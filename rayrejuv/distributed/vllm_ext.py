@@ -32,6 +32,12 @@ class WeightSync:
             self._rayrejuv_reload((k, f.get_tensor(k)) for k in names)
         return len(names)
 
+    def rayrejuv_gpu(self) -> str | None:
+        """This worker's physical GPU (NCCL needs one per rank of the sync group)."""
+        from rayrejuv.distributed.weight_sync import gpu_uuid
+
+        return gpu_uuid(self.device)
+
     def rayrejuv_join(self, rendezvous: dict, first_rank: int) -> None:
         """Join (or rejoin) the sync group as rank first_rank + this worker's rank in the engine."""
         from rayrejuv.distributed.weight_sync import Receiver

