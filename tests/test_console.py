@@ -87,11 +87,12 @@ def _wait_for_text(path, text: str, timeout: float = 60.0) -> str:
 
 def test_ray_session_puts_ray_and_worker_output_into_files_under_out(tmp_path, capfd):
     import ray
+    import ray._private.worker as ray_worker
 
     from rayrejuv.runs.cluster import ray_session
 
     logs = tmp_path / "out" / "logs"
-    ray_logger, resort = logging.getLogger("ray"), logging.lastResort
+    ray_logger, resort, printer = logging.getLogger("ray"), logging.lastResort, ray_worker.print_to_stdstream
 
     @ray.remote(num_cpus=0)
     def noisy():
@@ -110,12 +111,16 @@ def test_ray_session_puts_ray_and_worker_output_into_files_under_out(tmp_path, c
         actor = Loud.options(name="loud").remote()
         ray.get(actor.speak.remote())
         logging.getLogger("ray.train.v2._internal.test").warning("Failed to query Ray Train Controller actor state.")
+        ray_worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes"], "pid": "raylet",
+                                       "is_err": False}, ignore_prefix=False)  # as Ray's error listener does
         workers = _wait_for_text(logs / WORKERS_LOG, "actor says hello")
         _wait_for_text(logs / WORKERS_LOG, "task complains")
         raise RuntimeError("the run failed")  # the logs are named, Ray's handlers back, on any exit
     assert not ray.is_initialized()
     terminal = capfd.readouterr()
-    assert "hello" not in terminal.out + terminal.err and "Failed to query" not in terminal.out + terminal.err
+    for text in ("hello", "complains", "Failed to query", "PYTHON worker processes"):
+        assert text not in terminal.out + terminal.err, terminal
+    assert "(raylet) WARNING: 8 PYTHON worker processes" in workers.splitlines()
     assert terminal.err.strip().splitlines()[-1].startswith(f"Ray and worker logs: {logs}/ ({RAY_LOG}, {WORKERS_LOG}")
     lines = workers.splitlines()
     assert any(line.startswith("(noisy pid=") and line.endswith(") task says hello") for line in lines), lines
@@ -123,4 +128,5 @@ def test_ray_session_puts_ray_and_worker_output_into_files_under_out(tmp_path, c
                for line in lines), lines
     ray_log = (logs / RAY_LOG).read_text()
     assert "WARNING ray.train.v2._internal.test: Failed to query Ray Train Controller actor state." in ray_log
+    assert ray_worker.print_to_stdstream is printer
     assert logging.lastResort is resort and not [h for h in ray_logger.handlers if isinstance(h, logging.FileHandler)]

@@ -201,35 +201,45 @@ def ray_loggers_to(path: Path, start: Callable[[], None]) -> Iterator[Path]:
 
 
 def worker_line_prefix(batch: dict) -> str:
-    """'(RolloutWorker pid=123, ip=10.0.0.1) ', as Ray prefixes a forwarded line on the terminal."""
+    """'(RolloutWorker pid=123, ip=10.0.0.1) ', as Ray prefixes a forwarded line on the terminal;
+    '(raylet) ' for Ray's own messages (worker start-up warnings, a worker's death)."""
+    if batch.get("pid") in ("raylet", "autoscaler"):  # Ray's dicts: any field may be missing (Ray reads them so)
+        return f"({batch['pid']}) "
     name = batch.get("actor_name") or batch.get("task_name") or ""
     return f"({name + ' ' if name else ''}pid={batch.get('pid')}, ip={batch.get('ip')}) "
 
 
 @contextmanager
 def worker_output_to(path: Path) -> Iterator[Path]:
-    """Ray's driver prints every worker's forwarded stdout/stderr (ray.init(log_to_driver=True): the
-    lines of every node of the job come to the driver) through one handler, "ray_print_logs"; this
-    puts a writer to `path` in its place until the body ends (ray.shutdown removes it by that name).
-    log_to_driver=False would stop the forwarding instead, and leave the lines in each node's Ray
-    session directory, where a person would have to find them."""
+    """What Ray's driver prints of the cluster into `path` (appended) until the body ends: every
+    worker's forwarded stdout/stderr (ray.init(log_to_driver=True): the lines of every node of the
+    job come to the driver, through one dispatcher handler, "ray_print_logs", replaced here; ray.shutdown
+    removes it by that name) and Ray's error messages (its error listener prints them with
+    ray._private.worker.print_to_stdstream, replaced here). log_to_driver=False would stop the
+    forwarding instead, and leave the lines in each node's Ray session directory."""
+    import ray._private.worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     path.parent.mkdir(parents=True, exist_ok=True)
     out = open(path, "a", buffering=1)  # line-buffered: the file is readable while the run goes on
     lock = threading.Lock()
 
-    def write(batch: dict) -> None:
+    def write(batch: dict, ignore_prefix: bool = False) -> None:  # print_to_stdstream's signature
+        lines = batch.get("lines", [])
+        if batch.get("pid") == "autoscaler":  # its events only, as Ray's handler does (not its status every 5 s)
+            lines = list(ray_worker.filter_autoscaler_events(lines))
         prefix = worker_line_prefix(batch)
         with lock:
             if not out.closed:
-                out.writelines(prefix + line + "\n" for line in batch.get("lines", []))
+                out.writelines(prefix + line + "\n" for line in lines)
 
+    printer, ray_worker.print_to_stdstream = ray_worker.print_to_stdstream, write
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", write)
     try:
         yield path
     finally:
         dispatcher.remove_handler("ray_print_logs")
+        ray_worker.print_to_stdstream = printer
         with lock:
             out.close()
