@@ -141,6 +141,7 @@ def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], Non
     rows, eval_rows, example = _render_prompts(cfg, rows, eval_rows, progress)
     layout = RunLayout(cfg.out)
     run_dir = claim(layout, cfg)
+    run_dir.save()  # before Ray starts (OUT/logs comes next): a failed start leaves a run to resume, not a stray dir
     started = time.perf_counter()
     with (
         ray_session(cfg.ray.address, cfg.cpu_demand(), cfg.ray.log_dir(cfg.out)) as resources,
