@@ -149,6 +149,9 @@ def test_run_queue_hands_each_job_to_one_pool_and_back_to_its_submitter():
         assert await waiter == ("j4", {"n": 4})
         await q.finish("j4", "/ckpt4")
         assert await q.events("j4", 0, timeout=0.01) == [("finished", "/ckpt4")]
+        await q.submit("j7", {"n": 7})
+        await q.cancel_job("j7")  # its submitter left: it never starts
+        assert await q.events("j7", 0, timeout=0.01) == [("cancelled", None)]
         await q.submit("j5", {"n": 5})
         await q.fail_pending("no pool left")
         assert await q.events("j5", 0, timeout=0.01) == [("failed", "no pool left")]

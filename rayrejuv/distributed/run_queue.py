@@ -4,7 +4,7 @@ submitted them. One asyncio actor; every wait is a bounded long-poll, so no call
     submitter                         RunQueue                          pool p (its rank 0)
     submit(id, job, owner)  ->        pending                     <-    take(p): the job p holds, else the next
     events(id, cursor)      <-        reports, then the outcome   <-    report(id, m) ... finish(id, result)
-    cancel(owner)           ->        cancelled                   <-    stopped(id) (each step)
+    cancel(owner), cancel_job(id) ->  cancelled                   <-    stopped(id) (each step)
                                                                   <-    pool_failed(p, error): its fit died
 
 A pool whose worker group restarted asks again and gets the job it held (it resumes it from the
@@ -115,6 +115,10 @@ class RunQueue:
         for job_id in ids:
             await self._end(job_id, "cancelled", None)
         return len(ids)
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Its submitter is gone (a stopped Tune trial, Ctrl-C): the job ends, its pool moves on."""
+        await self._end(job_id, "cancelled", None)
 
     async def stopped(self, job_id: str) -> bool:
         """The running job has ended without its pool (cancelled): the pool drops it."""

@@ -68,6 +68,12 @@ class Run:
             client.set_terminated(child.info.run_id, status="KILLED")
         return len(children)
 
+    def end(self, status: str) -> None:
+        """End the run now as `status` (KILLED: a Tune trial its scheduler stopped); its `tracked_run`
+        then leaves it so."""
+        if self._mlflow is not None:
+            self._mlflow.end_run(status)
+
     def log_params(self, params: dict[str, Any]) -> None:
         if self._mlflow is not None:
             flat = {sanitize(k): str(v)[:6000] for k, v in flatten(params).items()}

@@ -128,16 +128,20 @@ def run_on(queue, job: RunJob, on_report: Callable[[dict], None] | None = None, 
     job_id = uuid.uuid4().hex
     ray.get(queue.submit.remote(job_id, job, owner))
     cursor = 0
-    while True:
-        events = ray.get(queue.events.remote(job_id, cursor, WAIT))
-        cursor += len(events)
-        for kind, value in events:
-            if kind == "report" and on_report is not None:
-                on_report(value)
-            elif kind == "finished":
-                return Path(value)
-            elif kind in ("failed", "cancelled"):
-                raise RejuvError(f"the RL run in {job.cfg['out']} {kind} on its worker pool: {value}")
+    try:
+        while True:
+            events = ray.get(queue.events.remote(job_id, cursor, WAIT))
+            cursor += len(events)
+            for kind, value in events:
+                if kind == "report" and on_report is not None:
+                    on_report(value)
+                elif kind == "finished":
+                    return Path(value)
+                elif kind in ("failed", "cancelled"):
+                    raise RejuvError(f"the RL run in {job.cfg['out']} {kind} on its worker pool: {value}")
+    except BaseException:  # nobody waits for it now (Tune stopped the trial at a report, Ctrl-C): the pool moves on
+        queue.cancel_job.remote(job_id)
+        raise
 
 
 def run_alone(cfg: RLConfig, storage: Path, job: RunJob, on_report: Callable[[dict], None] | None,
@@ -174,15 +178,16 @@ class Pools:
         self.queues: dict[str, object] = {}
         self.tasks: list = []  # ObjectRefs of the serve_pool tasks: one that ends early has failed
 
-    def queue_for(self, cfg: RLConfig):
-        """The queue of cfg's key (cfg: `auto` dtypes resolved), its pools started on first use."""
+    def queue_for(self, cfg: RLConfig, name: str | None = None):
+        """The queue of cfg's key (cfg: `auto` dtypes resolved), its pools started on first use
+        (`name`: of the queue actor, for callers that look it up)."""
         import ray
 
         from rayrejuv.distributed.run_queue import start_queue
 
         key = pool_key(cfg)
         if key not in self.queues:
-            self.queues[key] = start_queue()
+            self.queues[key] = start_queue(name)
             task = ray.remote(num_cpus=0)(serve_pool)  # a driver: its workers hold the CPUs
             base = len(self.tasks)
             self.tasks += [task.remote(cfg.model_dump(mode="json"), self.queues[key], f"pool-{base + i}",

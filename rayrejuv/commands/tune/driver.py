@@ -75,6 +75,7 @@ def claim_search(cfg: TuneConfig) -> RunDir:
 def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
     """Claim --out, start (or join) Ray, open the search's MLflow run, fit the Tuner, write the results."""
     from rayrejuv.commands.tune.report import probe_lines
+    from rayrejuv.commands.tune.trial import probe_pools
     from rayrejuv.runs.cluster import ray_session
     from rayrejuv.runs.console import run_lines
     from rayrejuv.runs.tracking import tracked_run
@@ -91,7 +92,8 @@ def run_tune(cfg: TuneConfig, progress: bool = True) -> TuneSummary:
             run.log_params(cfg.model_dump(mode="json") | examples)
         search.state["run_id"] = run.run_id
         search.save()
-        grid = tuner(cfg, run.child(cfg.tracking, "trial"), progress).fit()
+        with probe_pools(cfg) as pool:  # warm probe workers the trials share (commands/rl/pool.py)
+            grid = tuner(cfg, run.child(cfg.tracking, "trial"), progress, pool).fit()
         run.kill_running_children()  # trials ASHA stopped were killed inside their MLflow run
         board = ranked([TrialRow.of_result(r, list(cfg.space)) for r in grid])
         return finish(cfg, board, run, time.perf_counter() - t0)
@@ -119,15 +121,16 @@ def rendered_examples(cfg: TuneConfig, show: bool) -> dict[str, str]:
     return examples
 
 
-def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool):
-    """A new Tuner, or the interrupted one under --out/ray restored (--resume; finished trials are kept)."""
+def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool, pool=None):
+    """A new Tuner, or the interrupted one under --out/ray restored (--resume; finished trials are kept);
+    `pool`: the probe pools' queue the trials run their probes on."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from rayrejuv.commands.tune.trial import run_trial
+    from rayrejuv.commands.tune.trial import CancelStoppedProbes, probe_queue_name, run_trial
 
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, tracking=trials), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, tracking=trials, pool=pool), resources)
     path = str(Path(cfg.out) / "ray" / NAME)
     if cfg.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -144,6 +147,7 @@ def tuner(cfg: TuneConfig, trials: TrackingConfig, progress: bool):
         run_config=tune.RunConfig(
             name=NAME, storage_path=str(Path(cfg.out) / "ray"),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=[CancelStoppedProbes(probe_queue_name(cfg))],  # a stopped trial's probe leaves its pool
             verbose=int(progress and cfg.ray.verbose),  # Tune's status tables; else the CLI's line per probe
         ),
     )

@@ -1,9 +1,13 @@
 """One `rayrejuv tune` trial, a Tune function trainable in its own process:
 
     rejuvenate(base, sft, params)              in the trial process
-    probe = rl(rejuvenated, M steps)           Ray Train learner + rollout actors; ProbeReport -> ASHA
+    probe = rl(rejuvenated, M steps)           on a probe pool of the search (a warm Ray Train learner,
+                                               rollout actors, reference); ProbeReport -> ASHA
     evaluate ID (and OOD) greedy pass@1
     report the objective                       probe reward (end or area) or eval pass@1
+
+The search starts `max_concurrent` probe pools (probe_pools) before the first trial; a trial that
+ends before its probe (ASHA stopped it) cancels the probe there (CancelStoppedProbes).
 
 The trial is an MLflow run nested under the search's run (`tracked_run` of the search's child
 tracking section). A trial whose result.json exists is not run again: on --resume after a kill,
@@ -13,12 +17,16 @@ reported instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from rayrejuv.commands.rl.driver import RunLayout
 from rayrejuv.commands.tune.config import TuneConfig
@@ -69,10 +77,10 @@ OBJECTIVES = {
 
 
 class ProbeReport:
-    """Forwards the probe's checkpoint-step reports to Tune (`rayrejuv rl`'s on_report), with the
-    probe's reward curve so far (read from its metrics.jsonl: the sink wrote every step before rank
-    0 reported), the objective ASHA ranks by, and the trial's run time so far (a trial ASHA stops
-    never makes its final report)."""
+    """Forwards the probe's checkpoint-step reports to Tune (`rayrejuv rl`'s on_report, in the trial's
+    thread), with the probe's reward curve so far (read from its metrics.jsonl: the sink wrote every
+    step before rank 0 reported), the objective ASHA ranks by, and the trial's run time so far (a
+    trial ASHA stops never makes its final report: Tune ends it at this report, by SystemExit)."""
 
     def __init__(self, probe: RunLayout, window: int, objective: str, started: float):
         self.probe, self.window, self.objective, self.started = probe, window, objective, started
@@ -85,8 +93,9 @@ class ProbeReport:
                      "time/trial": time.time() - self.started})
 
 
-def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig) -> None:
-    """The Tune function trainable. `tracking`: the search run's child section (parent id + URI)."""
+def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig, pool=None) -> None:
+    """The Tune function trainable. `tracking`: the search run's child section (parent id + URI);
+    `pool`: the RunQueue of the search's probe pools (probe_pools), else each probe starts its own workers."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -100,16 +109,23 @@ def run_trial(params: dict[str, Any], cfg: TuneConfig, tracking: TrackingConfig)
         f.write(f"{time.time()}\n")
     with tracked_run(tracking.model_copy(update={"run_name": f"trial-{trial_id}"}), "trial") as run:
         run.log_params(params)
-        result, rewards = probe_trial(cfg, params, trial_dir)
+        try:
+            result, rewards = probe_trial(cfg, params, trial_dir, pool, owner=trial_id)
+        except SystemExit:  # Tune stopped the trial at a probe report (ASHA): its run ends as a stopped trial's
+            run.end("KILLED")
+            raise
         run.log_metrics({k.replace("/", "_"): v for k, v in result.items() if isinstance(v, int | float)})
         for step, reward in rewards.items():
             run.log_metrics({"probe_reward": reward}, step=step)
-        tune.report(result)
-        atomic_write_text(trial_dir / "result.json", json.dumps(result))
+    # recorded before the report: Tune stops a trial at its report (SystemExit) when the scheduler says so
+    atomic_write_text(trial_dir / "result.json", json.dumps(result))
+    tune.report(result)
 
 
-def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tuple[dict, dict[int, float]]:
-    """Rejuvenate with `params`, probe with GRPO, evaluate: the trial's result and the probe's step rewards."""
+def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path, pool=None,
+                owner: str | None = None) -> tuple[dict, dict[int, float]]:
+    """Rejuvenate with `params`, probe with GRPO (on `pool` when given, as `owner`), evaluate: the
+    trial's result and the probe's step rewards."""
     from rayrejuv.commands.rejuvenate.driver import rejuvenate
     from rayrejuv.commands.rl.driver import run_rl
 
@@ -120,7 +136,7 @@ def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tup
     probe = cfg.probe.rl_config(rcfg.out, cfg.train_data, trial_dir / "probe", cfg.seed)
     layout = RunLayout(probe.out)
     reporter = ProbeReport(layout, cfg.probe.report_every, cfg.objective, started)
-    summary = run_rl(probe, progress=False, on_report=reporter)
+    summary = run_rl(probe, progress=False, on_report=reporter, pool=pool, owner=owner)
     curve = ProbeCurve.read(layout, cfg.probe.report_every, through=probe.steps)
     evals = evaluate(cfg, summary.final_checkpoint, probe.grpo.max_new_tokens, probe.chat_template)
     result = {
@@ -134,6 +150,57 @@ def probe_trial(cfg: TuneConfig, params: dict[str, Any], trial_dir: Path) -> tup
         "checkpoint": str(rcfg.out),
     }
     return result, {r["step"]: r["reward/mean"] for r in layout.records() if "reward/mean" in r}
+
+
+def probe_pool_config(cfg: TuneConfig):
+    """The probe run the search's pools are made for: each trial's rejuvenated checkpoint keeps the
+    SFT model's config and tokenizer, in the dtype rejuvenate writes (fixed dtype, else the SFT's)."""
+    from rayrejuv.commands.rl.driver import resolve_dtypes
+
+    probe = cfg.probe.rl_config(cfg.sft, cfg.train_data, Path(cfg.out) / "probe", cfg.seed)
+    dtype = cfg.rejuvenate_config({}, Path(cfg.out)).dtype
+    return resolve_dtypes(probe) if dtype == "auto" else probe.with_start_dtype(dtype)
+
+
+def probe_queue_name(cfg: TuneConfig) -> str:
+    """The probe pools' queue is a named actor: a restored search's pickled callback finds the new one."""
+    return "rayrejuv-tune-probes-" + hashlib.sha256(str(Path(cfg.out).absolute()).encode()).hexdigest()[:12]
+
+
+@contextmanager
+def probe_pools(cfg: TuneConfig) -> Iterator:
+    """`max_concurrent` pools of probe workers (commands/rl/pool.py) for the search; yields their queue.
+    A probe then starts on a warm pool (its Ray Train learner and rollout actors already up)."""
+    from rayrejuv.commands.rl.pool import Pools
+
+    pools = Pools(cfg.max_concurrent, Path(cfg.out) / "ray" / "pools")
+    queue = pools.queue_for(probe_pool_config(cfg), name=probe_queue_name(cfg))
+    try:
+        yield queue
+    finally:
+        pools.close()
+
+
+class CancelStoppedProbes(Callback):
+    """A trial that ends before its probe does (ASHA stopped it; it failed, or is retried) cancels
+    its probe on the pool, which moves on to the next probe at its next step."""
+
+    def __init__(self, queue_name: str):
+        self.queue_name = queue_name
+
+    def _cancel(self, trial) -> None:
+        import ray
+
+        ray.get_actor(self.queue_name).cancel.remote(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._cancel(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._cancel(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._cancel(trial)
 
 
 def evaluate(cfg: TuneConfig, model: Path, max_new_tokens: int, chat_template: ChatTemplate) -> dict[str, float]:
