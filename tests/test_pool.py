@@ -99,10 +99,15 @@ def test_runs_on_one_pool_equal_runs_on_workers_of_their_own(starts, ray_local, 
     assert [r["step"] for r in records(tmp_path / "pool-a")] == [1, 2, 3, 4]
     assert (tmp_path / "pool-a" / "ray" / "grpo" / "checkpoint_000004").is_dir()
     assert not (tmp_path / "pool-a" / "ray" / "grpo" / "checkpoint_000002").exists()  # keep_checkpoints 1
-    starts_s = [r["time/run_start"] for r in records(tmp_path / "pool-a") + records(tmp_path / "pool-b")
-                if "time/run_start" in r]
-    assert len(starts_s) == 3 and resumed.steps == 4
-    print(f"time/run_start on the pool: {', '.join(f'{s:.2f}' for s in starts_s)} s")
+    def started(run: str) -> list[float]:  # each invocation's time/run_start, time/queued
+        return [(r["time/run_start"], r["time/queued"]) for r in records(tmp_path / run) if "time/run_start" in r]
+
+    warm, cold = started("pool-a") + started("pool-b"), started("alone-a") + started("alone-b")
+    assert len(warm) == 3 and len(cold) == 2 and resumed.steps == 4
+    # a run alone waits for its workers to start (time/queued); on the warm pool it starts at once
+    assert max(s for s, _ in warm) < min(s + q for s, q in cold) / 3, (warm, cold)
+    print(f"time/run_start on the pool: {', '.join(f'{s:.2f}' for s, _ in warm)} s; alone: "
+          f"{', '.join(f'{s:.2f} + queued {q:.2f}' for s, q in cold)} s")
 
 
 def test_pool_key_separates_what_cannot_share_workers(starts, tmp_path):

@@ -134,7 +134,7 @@ def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], Non
     from rayrejuv.runs.console import run_lines
     from rayrejuv.runs.tracking import tracked_run
 
-    submitted = time.time()  # time/run_start counts from here
+    entered = time.time()  # time/run_start counts from here
     # workers run in other directories (and on other nodes: paths must be on a shared filesystem)
     cfg = cfg.model_copy(update={k: Path(getattr(cfg, k)).absolute() for k in ("model", "train_data", "out")})
     cfg, rows, eval_rows = _check_inputs(cfg)
@@ -152,7 +152,8 @@ def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], Non
         _record_run(run_dir, run, cfg, example)
         sink = start_sink(layout.metrics, run.tracking_uri, run.run_id)
         try:
-            job = RunJob(cfg.model_dump(mode="json"), rows, eval_rows, sink, pool_key(cfg), progress, submitted)
+            job = RunJob(cfg.model_dump(mode="json"), rows, eval_rows, sink, pool_key(cfg), progress,
+                         prepared=time.time() - entered, submitted=time.time())
             if pool is None:
                 with start_workers(cfg) as workers:
                     checkpoint = fit(cfg, layout, workers, job, on_report)

@@ -253,11 +253,12 @@ def pool_worker(config: dict) -> None:
         if taken is None:
             continue  # nothing came: ask again
         job_id, job = taken
+        taken_at = time.time()
         if job.key != config["key"]:  # the same on every rank
             if rank0:
                 ray.get(queue.fail.remote(job_id, f"its workers ({job.key}) are not this pool's ({config['key']})"))
             continue
-        last = grpo_run(job, workers.serving(job.sink), rank0,
+        last = grpo_run(job, workers.serving(job.sink), rank0, taken_at,
                         stopped=lambda: ray.get(queue.stopped.remote(job_id)),  # noqa: B023 (called in the run)
                         report=lambda m: ray.get(queue.report.remote(job_id, m)))  # noqa: B023
         if rank0:
@@ -265,18 +266,22 @@ def pool_worker(config: dict) -> None:
         gc.collect()  # the run's learner goes before the next one's is built
 
 
-def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, stopped: Callable[[], bool],
+def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stopped: Callable[[], bool],
              report: Callable[[dict], None]) -> Path | None:
     """One run on every rank: the GRPO loop from the run's start or its last checkpoint to cfg.steps,
     checkpoints into the run's directory; returns the last one (None when stopped: its queue job ended).
-    Rank 0 reports the checkpoint steps' metrics (`report`: to the run's driver, e.g. Tune's scheduler)."""
+    Rank 0 reports the checkpoint steps' metrics (`report`: to the run's driver, e.g. Tune's scheduler).
+    The first step records time/run_start (the driver's preparation, then the pool's from taking the
+    run (`taken_at`, time.time()) to the step) and time/queued (submitted to taken: no pool was free,
+    or the pool was still starting)."""
     import ray
     from tqdm.auto import tqdm
 
     cfg = RLConfig.model_validate(job.cfg)
     learner, tokenizer, experience, state = begin_run(cfg, job, workers, rank0)
     start, generated = state["step"], state["generated_tokens"]
-    throughput, run_start = throughput_of(cfg, learner.device), time.time() - job.submitted
+    throughput = throughput_of(cfg, learner.device)
+    started = {"time/run_start": job.prepared + time.time() - taken_at, "time/queued": taken_at - job.submitted}
     if start == 0 and cfg.eval_every:
         evals = shared(lambda: experience.evaluate(0))
         if rank0:
@@ -299,7 +304,7 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, stopped: Callable[[],
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/tokens_per_s"] = batch.num_tokens / metrics["time/step"]
         if step == start:
-            metrics["time/run_start"] = run_start  # the driver's start to this first step (a warm pool: < 3 s)
+            metrics |= started  # a warm pool: time/run_start < 3 s
         if rank0:
             ray.get(workers.sink.log.remote(done, metrics))
             bar.set_postfix(reward=f"{metrics['reward/mean']:+.3f}", entropy=f"{metrics['policy/entropy']:.3f}")

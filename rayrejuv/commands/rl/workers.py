@@ -74,7 +74,7 @@ def start_workers(cfg: RLConfig) -> Iterator[RLWorkers]:
 @dataclass(frozen=True)
 class RunJob:
     """One run for a pool: its config (JSON, `auto` dtypes resolved), its rendered rows, the
-    MetricsSink its driver started, and when the driver started it (time.time(): time/run_start)."""
+    MetricsSink its driver started, and when (time/run_start, time/queued)."""
 
     cfg: dict
     rows: list[dict]
@@ -82,4 +82,5 @@ class RunJob:
     sink: Any
     key: str  # pool_key(cfg): a pool serves only the runs of its own key
     progress: bool
-    submitted: float
+    prepared: float  # seconds the driver took before it submitted the run (inputs, run directory, sink)
+    submitted: float  # time.time() of the submission
