@@ -206,13 +206,13 @@ def test_every_rl_run_gets_the_recipe_and_ray_gets_their_cpu_demand(tmp_path, mo
     class Asked(Exception):
         pass
 
-    def session(address, cpu_demand):
-        raise Asked(address, cpu_demand)
+    def session(address, cpu_demand, logs):
+        raise Asked(address, cpu_demand, logs)
 
     monkeypatch.setattr(driver, "ray_session", session)
     with pytest.raises(Asked) as e:
         driver.run_demo(kl, progress=False)
-    assert e.value.args == (None, 9.0)  # 3 runs side by side x 3 CPUs each
+    assert e.value.args == (None, 9.0, (tmp_path / "d" / "logs").absolute())  # 3 runs x 3 CPUs; OUT/logs
 
 
 def test_results_json_keeps_its_format():
