@@ -255,39 +255,52 @@ def _finished_or_run(rcfg, layout, pool):
     return run_rl(rcfg, False, pool=pool)
 
 
+class RunDriver:
+    """A process that drives the demo's RL runs one after another (_rl_and_score: run_rl on the
+    pools, then the scores); long-lived, so a run does not wait for a process to start and import."""
+
+    def run(self, rl_json: dict, evals: EvalSets, max_new_tokens: int, pool) -> SeedRun:
+        return _rl_and_score(rl_json, evals, max_new_tokens, pool)
+
+
 def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets, directory: Path,
                parent: Run, progress: bool) -> dict[str, list[SeedRun]]:
     """Every (start, seed) GRPO run on `rl.concurrent` worker pools (commands/rl/pool.py: rollout
-    actors, reference and a Ray Train learner started once, each serving the next run of one queue
-    while others wait), each run driven by a Ray task (its directory, MLflow child run, sink) that
-    then scores its final checkpoint; results come back sorted by seed."""
+    actors, reference and a Ray Train learner started once, each serving the next run of one queue),
+    each run driven by a RunDriver (its directory, MLflow child run, sink) that then scores its final
+    checkpoint, one more than the pools: a run waits in the queue while another is scored. Results
+    come back sorted by seed."""
     import ray
     from tqdm.auto import tqdm
 
     from rayrejuv.commands.rl.driver import resolve_dtypes
     from rayrejuv.commands.rl.pool import Pools
 
-    task = ray.remote(num_cpus=0)(_rl_and_score)  # a driver: the pools' workers hold the CPUs
     fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))  # pools the cluster holds
     pools = Pools(max(1, min(cfg.rl.concurrent, fits)), directory / "pools")
+    idle = [ray.remote(num_cpus=0)(RunDriver).remote() for _ in range(pools.count + 1)]  # the pools' workers
+    # hold the CPUs
     todo = [(start, seed) for seed in cfg.seed_list for start in STARTS]  # seed-major: an interrupted demo
     # has every start at the same seeds
     running: dict = {}
     done: dict[str, list[SeedRun]] = {s: [] for s in STARTS}
     bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
     while todo or running:
-        while todo and len(running) < pools.count + 1:  # one more waits in the queue while a run is scored
-            start, seed = todo.pop(0)
+        while todo and idle:
+            (start, seed), driver = todo.pop(0), idle.pop()
             rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}",
                              parent.child(cfg.tracking, f"rl:{start}:seed-{seed}"))
             queue = pools.queue_for(resolve_dtypes(rcfg))
-            running[task.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens, queue)] = start
+            running[driver.run.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens, queue)] = (
+                start, driver)
         ready, _ = ray.wait([*running, *pools.tasks], num_returns=1)
         for ref in ready:
             if ref not in running:  # a pool ended while runs were left: its error (a fit that failed)
                 ray.get(ref)
                 raise RuntimeError("an RL worker pool stopped before the demo's runs were done")
-            done[running.pop(ref)].append(ray.get(ref))
+            start, driver = running.pop(ref)
+            done[start].append(ray.get(ref))
+            idle.append(driver)
             bar.update(1)
     bar.close()
     pools.close()

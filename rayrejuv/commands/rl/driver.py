@@ -21,7 +21,6 @@ from rayrejuv.commands.rl.pool import pool_key, run_alone, run_on
 from rayrejuv.commands.rl.summary import RLSummary
 from rayrejuv.commands.rl.workers import RLWorkers, RunJob, start_workers
 from rayrejuv.data.jsonl import read_jsonl
-from rayrejuv.distributed.metrics_sink import start_sink
 from rayrejuv.errors import RejuvError
 from rayrejuv.io.checkpoint import Checkpoint
 from rayrejuv.io.writer import AtomicDir, atomic_write_text
@@ -127,8 +126,6 @@ def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], Non
     """Start workers -> fit -> finalize. `pool`: the RunQueue of running worker pools to run on
     instead (commands/rl/pool.py; `owner` can cancel it there); `on_report`: gets each checkpoint
     step's metrics (Tune's probe reporter)."""
-    import ray
-
     from rayrejuv.commands.rl.report import rl_line
     from rayrejuv.runs.cluster import ray_session
     from rayrejuv.runs.console import run_lines
@@ -150,19 +147,14 @@ def run_rl(cfg: RLConfig, progress: bool = True, on_report: Callable[[dict], Non
     ):
         _check_gpus(cfg, resources)
         _record_run(run_dir, run, cfg, example)
-        sink = start_sink(layout.metrics, run.tracking_uri, run.run_id)
-        try:
-            job = RunJob(cfg.model_dump(mode="json"), rows, eval_rows, sink, pool_key(cfg), progress,
-                         prepared=time.time() - entered, submitted=time.time())
-            if pool is None:
-                with start_workers(cfg) as workers:
-                    checkpoint = fit(cfg, layout, workers, job, on_report)
-            else:
-                checkpoint = run_on(pool, job, on_report, owner)
-            records = ray.get(sink.records.remote())
-        finally:
-            ray.kill(sink)
-        return finalize(cfg, layout, run_dir, run, checkpoint, records, started)
+        job = RunJob(cfg.model_dump(mode="json"), rows, eval_rows, str(layout.metrics), run.tracking_uri, run.run_id,
+                     pool_key(cfg), progress, prepared=time.time() - entered, submitted=time.time())
+        if pool is None:
+            with start_workers(cfg) as workers:
+                checkpoint = fit(cfg, layout, workers, job, on_report)
+        else:
+            checkpoint = run_on(pool, job, on_report, owner)
+        return finalize(cfg, layout, run_dir, run, checkpoint, layout.records(), started)
 
 
 def _render_prompts(cfg: RLConfig, rows: list[dict], eval_rows: list[dict], show: bool):

@@ -258,7 +258,7 @@ def pool_worker(config: dict) -> None:
             if rank0:
                 ray.get(queue.fail.remote(job_id, f"its workers ({job.key}) are not this pool's ({config['key']})"))
             continue
-        last = grpo_run(job, workers.serving(job.sink), rank0, taken_at,
+        last = grpo_run(job, workers.serving(job, rank0), rank0, taken_at,
                         stopped=lambda: ray.get(queue.stopped.remote(job_id)),  # noqa: B023 (called in the run)
                         report=lambda m: ray.get(queue.report.remote(job_id, m)))  # noqa: B023
         if rank0:
@@ -271,9 +271,9 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
     """One run on every rank: the GRPO loop from the run's start or its last checkpoint to cfg.steps,
     checkpoints into the run's directory; returns the last one (None when stopped: its queue job ended).
     Rank 0 reports the checkpoint steps' metrics (`report`: to the run's driver, e.g. Tune's scheduler).
-    The first step records time/run_start (the driver's preparation, then the pool's from taking the
-    run (`taken_at`, time.time()) to the step) and time/queued (submitted to taken: no pool was free,
-    or the pool was still starting)."""
+    The first step records time/run_start (the driver's preparation, time/run_prepare, then the pool's
+    part from taking the run (`taken_at`, time.time()) to the step) and time/queued (submitted to
+    taken: no pool was free, or the pool was still starting)."""
     import ray
     from tqdm.auto import tqdm
 
@@ -281,7 +281,8 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
     learner, tokenizer, experience, state = begin_run(cfg, job, workers, rank0)
     start, generated = state["step"], state["generated_tokens"]
     throughput = throughput_of(cfg, learner.device)
-    started = {"time/run_start": job.prepared + time.time() - taken_at, "time/queued": taken_at - job.submitted}
+    started = {"time/run_start": job.prepared + time.time() - taken_at, "time/run_prepare": job.prepared,
+               "time/queued": taken_at - job.submitted}
     if start == 0 and cfg.eval_every:
         evals = shared(lambda: experience.evaluate(0))
         if rank0:

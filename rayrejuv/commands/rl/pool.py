@@ -7,7 +7,8 @@ one Ray Train worker group, started once; each run only loads its start.
     per run (loop.begin_run): the learner built from the run's start or last checkpoint (a fresh
     optimizer, RNG seeded, step), the reference loaded with the start, the rollout actors synced
     with the learner's weights (rollout.sync: collective, checksummed); checkpoints go to the run's
-    own directory (loop.save_checkpoint), metrics to the run's own sink and MLflow run.
+    own directory (loop.save_checkpoint), metrics through the pool's sink to the run's metrics.jsonl
+    and MLflow run.
 
 A run is identical to a run on workers of its own (tests/test_pool.py): nothing of a previous run
 survives in what it computes with. Runs share a pool only when they agree on `pool_key`: the
@@ -182,13 +183,16 @@ class Pools:
         """The queue of cfg's key (cfg: `auto` dtypes resolved), its pools started on first use
         (`name`: of the queue actor, for callers that look it up)."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from rayrejuv.distributed.run_queue import start_queue
 
         key = pool_key(cfg)
         if key not in self.queues:
             self.queues[key] = start_queue(name)
-            task = ray.remote(num_cpus=0)(serve_pool)  # a driver: its workers hold the CPUs
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            # a driver on this node (its sink writes the runs' metrics here); its workers hold the CPUs
+            task = ray.remote(num_cpus=0, scheduling_strategy=here)(serve_pool)
             base = len(self.tasks)
             self.tasks += [task.remote(cfg.model_dump(mode="json"), self.queues[key], f"pool-{base + i}",
                                        str(self.storage)) for i in range(self.count)]
