@@ -22,7 +22,8 @@ from rayrejuv.config.base import Config
 
 TRACK = ["--tracking-uri", "--track/--no-track"]
 
-# The flags of the hand-written CLI before it was generated (commit 2a7a320): none lost, none renamed.
+# The flags of the hand-written CLI before it was generated (commit 2a7a320): none lost, none renamed
+# (and those added since: rl --token-budget, demo --baselines, issue 16).
 EXISTING_FLAGS = {
     "rejuvenate": ["--base", "--sft", "--out", "--alpha", "--reset-ratio", "--omega", "--tokens-per-example",
                    "--calibration", "--selection", "--chat-template", "--attribution-model", "--score-sign",
@@ -30,17 +31,17 @@ EXISTING_FLAGS = {
                    "--device", "--dtype", "--attribution-dtype", "--batch-size", "--max-length", "--max-shard-gb",
                    "--overwrite/--no-overwrite", "--allow-pickle/--no-allow-pickle", "--resume/--no-resume",
                    "--ray/--no-ray", "--ray-address", "--workers", "--placement", *TRACK, "--experiment"],
-    "rl": ["--model", "--train-data", "--eval-data", "--out", "--steps", "--seed", "--chat-template", "--backend",
-           "--rollout-workers", "--learner-workers", "--lr", "--beta", "--overwrite/--no-overwrite", "--ray-address",
-           "--verbose", *TRACK, "--experiment"],
+    "rl": ["--model", "--train-data", "--eval-data", "--out", "--steps", "--token-budget", "--seed", "--chat-template",
+           "--backend", "--rollout-workers", "--learner-workers", "--lr", "--beta", "--overwrite/--no-overwrite",
+           "--ray-address", "--verbose", *TRACK, "--experiment"],
     "tune": ["--base", "--sft", "--calibration", "--train-data", "--eval-data", "--ood-data", "--out", "--num-samples",
              "--max-concurrent", "--resume/--no-resume", "--ray-address", "--verbose", *TRACK],
     "testbed build": ["--out", "--seed", "--force/--no-force", *TRACK],
     "testbed real": ["--out", "--gguf", "--seed", "--overwrite/--no-overwrite"],  # new in issue 14
     "diagnose": ["--base", "--sft", "--data", "--out", "--max-examples", "--k", "--device", "--chat-template",
                  "--overwrite/--no-overwrite", *TRACK],
-    "demo": ["--out", "--seeds", "--seed", "--quick", "--overwrite/--no-overwrite", "--ray-address", "--verbose",
-             *TRACK, "--experiment"],
+    "demo": ["--out", "--seeds", "--seed", "--quick", "--baselines", "--overwrite/--no-overwrite", "--ray-address",
+             "--verbose", *TRACK, "--experiment"],
 }
 
 # The defaults the hand-written help strings showed; the generated help must show the same numbers.
@@ -79,12 +80,12 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
     ),
     "rl": (
         ["--model", "m", "--train-data", "t.jsonl", "--eval-data", "e.jsonl", "--out", "o", "--steps", "7",
-         "--seed", "3", "--chat-template", "never",
+         "--token-budget", "900", "--seed", "3", "--chat-template", "never",
          "--backend", "vllm", "--rollout-workers", "2", "--learner-workers", "2", "--lr", "3e-5",
          "--beta", "0.05", "--overwrite", "--ray-address", "ray://h:10001", "--verbose", "--tracking-uri",
          "sqlite:///t.db", "--no-track", "--experiment", "exp"],
         {"model": Path("m"), "train_data": Path("t.jsonl"), "eval_data": Path("e.jsonl"), "out": Path("o"),
-         "steps": 7, "seed": 3, "chat_template": "never",
+         "steps": 7, "token_budget": 900, "seed": 3, "chat_template": "never",
          "rollout.backend": "vllm", "rollout.workers": 2, "learner.workers": 2,
          "grpo.lr": 3e-5, "grpo.beta": 0.05, "overwrite": True, "ray.address": "ray://h:10001", "ray.verbose": True,
          "tracking.uri": "sqlite:///t.db", "tracking.enabled": False, "tracking.experiment": "exp"},
@@ -116,9 +117,9 @@ CASES: dict[str, tuple[list[str], dict[str, object]]] = {
          "tracking.enabled": False},
     ),
     "demo": (
-        ["--out", "o", "--seeds", "5", "--seed", "2", "--quick", "--overwrite", "--ray-address", "ray://h:10001",
+        ["--out", "o", "--seeds", "5", "--seed", "2", "--quick", "--baselines", "--overwrite", "--ray-address", "ray://h:10001",
          "--verbose", "--tracking-uri", "sqlite:///t.db", "--no-track", "--experiment", "exp"],
-        {"out": Path("o"), "seeds": 5, "seed": 2, "quick": True, "overwrite": True, "ray.address": "ray://h:10001",
+        {"out": Path("o"), "seeds": 5, "seed": 2, "quick": True, "baselines": True, "overwrite": True, "ray.address": "ray://h:10001",
          "ray.verbose": True, "tracking.uri": "sqlite:///t.db", "tracking.enabled": False,
          "tracking.experiment": "exp"},
     ),

@@ -16,7 +16,8 @@ from rayrejuv.errors import RejuvError
 
 def _run(seed, id_after=0.0, ood_after=0.0, rewards=(), zero_std_fractions=()):
     return SeedRun(seed=seed, id_after=id_after, ood_after=ood_after, entropy_after=0.0, reward_first=0.0,
-                   reward_last=0.0, zero_std_fraction_first=0.0, rl_seconds=0.0, rewards=list(rewards),
+                   reward_last=0.0, zero_std_fraction_first=0.0, rl_seconds=0.0, steps=len(rewards),
+                   generated_tokens=0.0, rewards=list(rewards),
                    zero_std_fractions=list(zero_std_fractions), run_dir="")
 
 
@@ -179,10 +180,10 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
         validate_config(DemoConfig, {"rejuvenation": {"calibration": "/x.jsonl"}})
 
 
-def test_fingerprint_excludes_where_and_how_and_the_seeds_only():
+def test_fingerprint_excludes_where_and_how_the_seeds_and_the_baselines():
     cfg = DemoConfig()
     assert set(cfg.fingerprint()) == set(DemoConfig.model_fields) - {"overwrite", "ray", "tracking", "out", "seeds",
-                                                                      "seed"}
+                                                                      "seed", "baselines"}
     assert cfg.fingerprint()["rl"]["grpo"]["lr"] == 3e-5 and cfg.fingerprint()["rejuvenation"]["alpha"] == 0.6
 
 
@@ -220,7 +221,9 @@ def test_results_json_keeps_its_format():
     table = _aggregate([0, 1], before, per_seed)
     results = DemoResults(table, {"epoch-4": "plastic"}, {"testbed": 1.5}, wall_s=3.0, out="/o")
     j = results.to_json()
-    assert list(j) == ["seeds", "rows", "findings", "id_split", "ood_split", "diagnosis", "timings_s", "wall_s"]
+    assert list(j) == ["seeds", "rows", "findings", "id_split", "ood_split", "diagnosis", "timings_s", "wall_s",
+                       "baselines"]
+    assert j["baselines"] is None  # without --baselines
     row = j["rows"]["modsft"]
     assert list(row) == ["id_before", "ood_before", "entropy_before", "per_seed", "id_after", "ood_after", "id_gain",
                          "ood_gain", "spread"]
@@ -228,7 +231,8 @@ def test_results_json_keeps_its_format():
     assert row["spread"]["id_after"] == {"mean": 0.015, "std": statistics.stdev([0.01, 0.02]), "min": 0.01,
                                          "max": 0.02}
     assert list(row["per_seed"][0]) == ["seed", "id_after", "ood_after", "entropy_after", "reward_first",
-                                        "reward_last", "zero_std_fraction_first", "rl_seconds", "rewards",
+                                        "reward_last", "zero_std_fraction_first", "rl_seconds", "steps",
+                                        "generated_tokens", "rewards",
                                         "zero_std_fractions", "run_dir"]
     assert j["findings"]["rejuvenation_restores_entropy"] == {
         "holds": False, "oversft": 0.16, "rejuvenation": 0.2 - 0.04 * 3, "modsft": 0.2}

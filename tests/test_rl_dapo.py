@@ -123,3 +123,22 @@ def test_soft_overlong_penalty(adder, ray_local, tmp_path):
         assert r["reward/mean"] == pytest.approx(2 * r["reward/accuracy"] - 1)  # reward/*: the verifier's
         assert "sampling/batches" not in r and "perf/mfu" not in r  # off; CPU without a peak
         assert r["perf/generation_num_tokens"] == r["perf/total_num_tokens"]
+
+
+def test_token_budget_ends_the_run_at_the_step_that_reaches_it(adder, ray_local, tmp_path):
+    """token_budget=1: the first step's tokens reach it, so the run of up to 4 steps ends after one,
+    with its checkpoint (checkpoint_every is 2) exported as final and the summary's steps."""
+    from rayrejuv.commands.rl.config import RLConfig
+    from rayrejuv.commands.rl.driver import run_rl
+    from rayrejuv.config.base import merge_overrides
+
+    out = tmp_path / "budget"
+    values = merge_overrides({**RL, "model": adder["model"], "train_data": adder["train"], "out": out, "steps": 4,
+                              "token_budget": 1}, {"grpo": {"dynamic_sampling": True, "max_num_gen_batches": 2}})
+    summary = run_rl(RLConfig.model_validate(values), progress=False)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1] and summary.steps == 1
+    assert summary.last["sampling/generated_tokens_total"] == recs[0]["sampling/generated_tokens"] >= 1
+    (state,) = (out / "ray" / "grpo").glob("checkpoint_*/trainer_state.json")
+    assert json.loads(state.read_text())["step"] == 1 and (out / "final" / "config.json").is_file()
+    assert json.loads((out / "run.json").read_text())["finished_steps"] == 4  # complete: the demo reuses it

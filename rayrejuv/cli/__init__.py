@@ -112,7 +112,7 @@ COMMANDS: dict[str, Command] = {
     }),
     "rl": Command(RLConfig, rl, {
         "--model": "model", "--train-data": "train_data", "--eval-data": "eval_data", "--out": "out",
-        "--steps": "steps", "--seed": "seed", "--chat-template": "chat_template",
+        "--steps": "steps", "--token-budget": "token_budget", "--seed": "seed", "--chat-template": "chat_template",
         "--backend": "rollout.backend", "--rollout-workers": "rollout.workers", "--learner-workers": "learner.workers",
         "--lr": "grpo.lr", "--beta": "grpo.beta",
         "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **VERBOSE, **TRACKING, **EXPERIMENT,
@@ -135,7 +135,7 @@ COMMANDS: dict[str, Command] = {
         "--overwrite/--no-overwrite": "overwrite", **TRACKING,
     }),
     "demo": Command(DemoConfig, demo, {
-        "--out": "out", "--seeds": "seeds", "--seed": "seed", "--quick": "quick",
+        "--out": "out", "--seeds": "seeds", "--seed": "seed", "--quick": "quick", "--baselines": "baselines",
         "--overwrite/--no-overwrite": "overwrite", **RAY_ADDRESS, **VERBOSE, **TRACKING, **EXPERIMENT,
     }, preset=("--quick", QUICK)),  # --quick: a smoke run of a few minutes, QUICK under the YAML
 }

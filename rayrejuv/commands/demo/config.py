@@ -73,6 +73,10 @@ class DemoConfig(Config):
     seeds: int = Field(3, ge=1, description="RL seeds per start")
     seed: int = Field(0, description="first RL seed; the runs use seed, seed+1, ...")
     quick: bool = Field(False, description="smoke run: a smaller world, fewer and shorter RL runs")
+    baselines: bool = Field(
+        False, description="also GRPO from OverSFT with each RL-side remedy (dynamic sampling, clip-higher, an "
+        "entropy bonus; commands/demo/baselines.py), compared with Rejuvenation at the same steps and tokens"
+    )
     overwrite: bool = Field(False, description="delete OUT's previous demo (other settings) and start again")
     world: WorldSpec = Field(default_factory=WorldSpec, description="the tiny world built (or reused) in OUT/testbed")
     rungs: DemoRungs = Field(default_factory=DemoRungs)
@@ -110,8 +114,10 @@ class DemoConfig(Config):
     def fingerprint(self) -> dict:
         """What a resumed demo must share with the one it continues. Not the seeds: RL runs live
         under rl/<start>/seed-<s>, so other or more seeds reuse the world, the rejuvenated
-        checkpoints and every finished run, and results.json reports the seeds asked for."""
-        return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds", "seed"})
+        checkpoints and every finished run, and results.json reports the seeds asked for. Nor
+        `baselines`: their runs live beside the starts' (rl/<remedy>/seed-<s>)."""
+        return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds", "seed",
+                                                      "baselines"})
 
 
 # `--quick`: every phase runs for real, on a world and budget small enough for a test.

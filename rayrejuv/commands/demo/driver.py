@@ -20,14 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayrejuv.commands.demo.baselines import REFERENCE, REMEDIES, BaselineTable, compare, token_budget
+from rayrejuv.commands.demo.baselines import markdown as baselines_markdown
 from rayrejuv.commands.demo.config import DemoConfig
 from rayrejuv.commands.demo.report import rl_lines
-from rayrejuv.commands.demo.results import STARTS, DemoResults, SeedRun, StartScores, aggregate, markdown
+from rayrejuv.commands.demo.results import LABELS, STARTS, DemoResults, SeedRun, StartScores, aggregate, markdown
 from rayrejuv.commands.diagnose.config import DiagnoseConfig
 from rayrejuv.commands.diagnose.results import Diagnosis
 from rayrejuv.commands.rejuvenate.config import RejuvenateConfig
 from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.config.prompts import ChatTemplate
+from rayrejuv.config.rl import GRPOConfig
 from rayrejuv.config.runtime import TrackingConfig
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.runs.cluster import ray_session
@@ -70,11 +73,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
         evals = EvalSets.of(cfg, world)
         with phase("evaluate before RL"):
             before = evaluate_starts(starts, evals, cfg)
-        with phase("RL"), run_lines(rl_lines(out / "rl", cfg.seed_list, cfg.rl.steps), progress):
-            per_seed = run_all_rl(cfg, world, starts, evals, out / "rl", parent, False)  # the lines show the runs
+        specs = [RunSpec(start, starts[start], seed, cfg.rl.grpo) for seed in cfg.seed_list for start in STARTS]
+        with phase("RL"), run_lines(rl_lines(out / "rl", specs, LABELS, cfg.rl.steps), progress):
+            per_seed = run_all_rl(cfg, world, specs, evals, out / "rl", parent, False)  # the lines show the runs
         table = aggregate(cfg.seed_list, before, per_seed, evals.id_name, evals.ood_name)
+        remedies = None
+        if cfg.baselines:
+            with phase("baselines"):
+                remedies = run_baselines(cfg, world, starts["oversft"], per_seed, evals, out, parent, progress)
         results = DemoResults(table, diagnosis.verdicts(), timings_s={k: round(v, 1) for k, v in timer.seconds.items()},
-                              wall_s=round(time.perf_counter() - t0, 1), out=str(out))
+                              wall_s=round(time.perf_counter() - t0, 1), out=str(out), baselines=remedies)
         publish(results, parent)
     return results
 
@@ -190,8 +198,22 @@ def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -
             for s, v in scores.items()}
 
 
-def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, tracking: TrackingConfig):
-    """The one GRPO recipe, from `model`, with `seed`; the demo scores the final checkpoint itself."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One GRPO run of the demo: its row of a table (a start, or a remedy: it runs in
+    rl/<row>/seed-<seed>), from `model`, with the step `grpo` and an optional token budget."""
+
+    row: str
+    model: Path
+    seed: int
+    grpo: GRPOConfig
+    token_budget: int | None = None
+
+
+def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, tracking: TrackingConfig,
+              grpo: GRPOConfig | None = None, token_budget: int | None = None):
+    """The one GRPO recipe (or `grpo`: a remedy's), from `model`, with `seed`; the demo scores the
+    final checkpoint itself."""
     from rayrejuv.commands.rl.config import RLConfig
 
     r = cfg.rl
@@ -200,12 +222,13 @@ def rl_config(cfg: DemoConfig, world, model: Path, seed: int, out: Path, trackin
         train_data=world.data("rl_train"),
         out=out,
         steps=r.steps,
+        token_budget=token_budget,
         seed=seed,
         eval_every=0,  # the demo scores the final checkpoint itself, on both splits
         checkpoint_every=max(1, r.steps // 2),
         keep_checkpoints=1,
         chat_template=cfg.rejuvenation.chat_template,
-        grpo=r.grpo,
+        grpo=r.grpo if grpo is None else grpo,
         rollout=r.rollout,
         learner=r.learner,
         ray=cfg.ray,
@@ -238,6 +261,8 @@ def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int, pool) -> 
         reward_last=summary.last["reward/mean"],
         zero_std_fraction_first=summary.first["reward/zero_std_fraction"],
         rl_seconds=summary.seconds,
+        steps=len(steps),
+        generated_tokens=summary.last["sampling/generated_tokens_total"],
         rewards=[r["reward/mean"] for r in steps],
         zero_std_fractions=[r["reward/zero_std_fraction"] for r in steps],
         run_dir=str(layout.root),
@@ -250,6 +275,7 @@ def _finished_or_run(rcfg, layout, pool):
     from rayrejuv.commands.rl.summary import RLSummary
 
     finished = layout.state.is_file() and json.loads(layout.state.read_text())["finished_steps"] >= rcfg.steps
+    # (a run ended by its token budget is marked finished with rcfg.steps too: rl.driver.finalize)
     if finished and layout.summary.is_file():
         return RLSummary.from_json(layout.summary.read_text())
     return run_rl(rcfg, False, pool=pool)
@@ -263,13 +289,13 @@ class RunDriver:
         return _rl_and_score(rl_json, evals, max_new_tokens, pool)
 
 
-def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets, directory: Path,
+def run_all_rl(cfg: DemoConfig, world, specs: list[RunSpec], evals: EvalSets, directory: Path,
                parent: Run, progress: bool) -> dict[str, list[SeedRun]]:
-    """Every (start, seed) GRPO run on `rl.concurrent` worker pools (commands/rl/pool.py: rollout
+    """Every run of `specs`, in order, on `rl.concurrent` worker pools (commands/rl/pool.py: rollout
     actors, reference and a Ray Train learner started once, each serving the next run of one queue),
     each run driven by a RunDriver (its directory, MLflow child run, sink) that then scores its final
     checkpoint, one more than the pools: a run waits in the queue while another is scored. Results
-    come back sorted by seed."""
+    per row, sorted by seed."""
     import ray
     from tqdm.auto import tqdm
 
@@ -280,19 +306,19 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
     pools = Pools(max(1, min(cfg.rl.concurrent, fits)), directory / "pools")
     idle = [ray.remote(num_cpus=0)(RunDriver).remote() for _ in range(pools.count + 1)]  # the pools' workers
     # hold the CPUs
-    todo = [(start, seed) for seed in cfg.seed_list for start in STARTS]  # seed-major: an interrupted demo
-    # has every start at the same seeds
+    todo = list(specs)
     running: dict = {}
-    done: dict[str, list[SeedRun]] = {s: [] for s in STARTS}
+    done: dict[str, list[SeedRun]] = {s.row: [] for s in specs}
     bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
     while todo or running:
         while todo and idle:
-            (start, seed), driver = todo.pop(0), idle.pop()
-            rcfg = rl_config(cfg, world, starts[start], seed, directory / start / f"seed-{seed}",
-                             parent.child(cfg.tracking, f"rl:{start}:seed-{seed}"))
+            spec, driver = todo.pop(0), idle.pop()
+            rcfg = rl_config(cfg, world, spec.model, spec.seed, directory / spec.row / f"seed-{spec.seed}",
+                             parent.child(cfg.tracking, f"rl:{spec.row}:seed-{spec.seed}"), spec.grpo,
+                             spec.token_budget)
             queue = pools.queue_for(resolve_dtypes(rcfg))
             running[driver.run.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens, queue)] = (
-                start, driver)
+                spec.row, driver)
         ready, _ = ray.wait([*running, *pools.tasks], num_returns=1)
         for ref in ready:
             if ref not in running:  # a pool ended while runs were left: its error (a fit that failed)
@@ -307,9 +333,23 @@ def run_all_rl(cfg: DemoConfig, world, starts: dict[str, Path], evals: EvalSets,
     return {s: sorted(runs, key=lambda r: r.seed) for s, runs in done.items()}
 
 
+def run_baselines(cfg: DemoConfig, world, oversft: Path, per_seed: dict[str, list[SeedRun]], evals: EvalSets,
+                  out: Path, parent: Run, progress: bool) -> BaselineTable:
+    """GRPO from OverSFT with each RL-side remedy (baselines.REMEDIES) on the main runs' seeds, and
+    the comparison with OverSFT and Rejuvenation's runs of the RL phase."""
+    specs = [RunSpec(name, oversft, seed, GRPOConfig.model_validate(cfg.rl.grpo.model_dump() | remedy.grpo),
+                     token_budget(remedy, seed, per_seed))
+             for seed in cfg.seed_list for name, remedy in REMEDIES.items()]
+    labels = LABELS | {name: r.label for name, r in REMEDIES.items()}
+    with run_lines(rl_lines(out / "rl", specs, labels, cfg.rl.steps), progress):
+        runs = run_all_rl(cfg, world, specs, evals, out / "rl", parent, False)
+    rows = {"oversft": per_seed["oversft"]} | runs | {REFERENCE: per_seed[REFERENCE]}
+    return compare(cfg.seed_list, labels, rows)
+
+
 def publish(results: DemoResults, parent: Run) -> None:
     """results.json, table.md and the figures into OUT; the table's numbers and files to the demo's run."""
-    from rayrejuv.commands.demo.report import plot_demo_pass_at_1, plot_demo_rewards
+    from rayrejuv.commands.demo.report import plot_baselines, plot_demo_pass_at_1, plot_demo_rewards
 
     out = Path(results.out)
     atomic_write_text(out / RESULTS, json.dumps(results.to_json(), indent=1))
@@ -317,7 +357,13 @@ def publish(results: DemoResults, parent: Run) -> None:
     plot_demo_pass_at_1(results.table, out / "pass_at_1.png")
     plot_demo_rewards({s: row.per_seed for s, row in results.table.rows.items()}, out / "rewards.png")
     parent.log_metrics(_flat_metrics(results))
-    for name in (RESULTS, "table.md", "pass_at_1.png", "rewards.png"):
+    files = [RESULTS, "table.md", "pass_at_1.png", "rewards.png"]
+    if results.baselines is not None:
+        atomic_write_text(out / "baselines.md", baselines_markdown(results.baselines, results.table.id_split,
+                                                                  results.table.ood_split))
+        plot_baselines(results.baselines, results.table.id_split, results.table.ood_split, out / "baselines.png")
+        files += ["baselines.md", "baselines.png"]
+    for name in files:
         parent.log_artifact(out / name)
 
 
@@ -326,4 +372,8 @@ def _flat_metrics(results: DemoResults) -> dict[str, float]:
     for start, row in results.table.rows.items():
         for k in ("id_before", "id_after", "ood_before", "ood_after", "entropy_before", "id_gain", "ood_gain"):
             metrics[f"{start}.{k}"] = getattr(row, k)
+    if results.baselines is not None:
+        for name, row in results.baselines.rows.items():
+            metrics |= {f"baselines.{name}.{k}_after": row.spread[f"{k}_after"].mean for k in ("id", "ood")}
+            metrics[f"baselines.{name}.generated_tokens"] = row.generated_tokens
     return metrics | {f"time.{k}": v for k, v in results.timings_s.items()}

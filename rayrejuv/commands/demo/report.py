@@ -7,18 +7,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rayrejuv.commands.demo.baselines import BaselineTable
 from rayrejuv.commands.demo.results import LABELS, STARTS, DemoResults, DemoTable, SeedRun
 from rayrejuv.figures import pyplot
 from rayrejuv.runs.console import RunLine
 
 
-def rl_lines(directory: Path, seeds: list[int], steps: int):
-    """run_lines' `find` for the demo's RL phase: every (start, seed) run under rl/<start>/seed-<s>,
-    in the order they run (seed-major), named as the table names the starts."""
+def rl_lines(directory: Path, specs, labels: dict[str, str], steps: int):
+    """run_lines' `find` for a phase of the demo's RL runs: every run of `specs` (driver.RunSpec,
+    under rl/<row>/seed-<s>) in the order they run, named as the tables name their rows."""
     from rayrejuv.commands.rl.driver import RunLayout
 
-    runs = [RunLine(f"{LABELS[start]} seed {seed}", RunLayout(directory / start / f"seed-{seed}").metrics, steps)
-            for seed in seeds for start in STARTS]
+    runs = [RunLine(f"{labels[s.row]} seed {s.seed}", RunLayout(directory / s.row / f"seed-{s.seed}").metrics, steps)
+            for s in specs]
     return lambda: runs
 
 
@@ -89,6 +90,27 @@ def plot_demo_rewards(per_seed: dict[str, list[SeedRun]], path: Path, window: in
     plt.close(fig)
 
 
+def plot_baselines(table: BaselineTable, id_name: str, ood_name: str, path: Path) -> None:
+    """Rejuvenate, or fix it in RL? Each run as a point: pass@1 after RL against the completion
+    tokens it generated, ID and OOD; a row's mean as a large marker."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, split, name in zip(axes, ("id", "ood"), (id_name, ood_name)):
+        for row in table.rows.values():
+            xs = [r.generated_tokens / 1e3 for r in row.per_seed]
+            points = ax.scatter(xs, [getattr(r, f"{split}_after") for r in row.per_seed], s=18, alpha=0.6)
+            ax.scatter([row.generated_tokens / 1e3], [row.spread[f"{split}_after"].mean], s=120, marker="D",
+                       color=points.get_facecolor()[0], edgecolor="k", label=row.label)
+        ax.set_xlabel("completion tokens generated in RL (thousands)")
+        ax.set_ylabel(f"greedy pass@1 after RL, {split.upper()} ({name})")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"RL-side remedies from OverSFT vs Rejuvenation ({len(table.seeds)} seeds; diamond = mean)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def print_demo_summary(results: DemoResults) -> None:
     """The paper's table (mean ± std over seeds), the findings, and the time of each phase."""
     table = results.table
@@ -108,6 +130,23 @@ def print_demo_summary(results: DemoResults) -> None:
     for name, f in table.findings.items():
         color = "green" if f.holds else "red"
         c.print(f"  {name.replace('_', ' ')}: [{color}]{f.verdict(n)}[/{color}]")
+    if results.baselines is not None:
+        _print_baselines(c, results.baselines, idn, oodn)
     times = ", ".join(f"{k} {v:.0f}s" for k, v in results.timings_s.items())
     c.print(f"phases: {times}; wall {results.wall_s:.0f}s")
-    c.print(f"outputs: {results.out} (results.json, table.md, pass_at_1.png, rewards.png)")
+    extra = ", baselines.md, baselines.png" if results.baselines is not None else ""
+    c.print(f"outputs: {results.out} (results.json, table.md, pass_at_1.png, rewards.png{extra})")
+
+
+def _print_baselines(c: Console, table: BaselineTable, idn: str, oodn: str) -> None:
+    n = len(table.seeds)
+    t = Table(title=f"Rejuvenate, or fix it in RL? GRPO from OverSFT with each remedy, {n} seed(s) (mean ± std)")
+    for col in ("start", "steps", "generated tokens", f"{idn} after", f"{oodn} after", "entropy after"):
+        t.add_column(col, justify="left" if col == "start" else "right")
+    for r in table.rows.values():
+        t.add_row(r.label, f"{r.steps:.1f}", f"{r.generated_tokens:,.0f}", r.spread["id_after"].pm(),
+                  r.spread["ood_after"].pm(), f"{r.entropy_after:.3f}")
+    c.print(t)
+    for name, f in table.findings.items():
+        color = "green" if f.holds else "red"
+        c.print(f"  {name.replace('_', ' ')}: [{color}]{f.verdict(n)}[/{color}]")

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rayrejuv.commands.demo.baselines import BaselineTable
 
 STARTS = ("modsft", "oversft", "oversft_fusion", "oversft_rejuvenation")
 LABELS = {
@@ -55,6 +59,8 @@ class SeedRun:
     reward_last: float
     zero_std_fraction_first: float
     rl_seconds: float
+    steps: int  # GRPO steps run (fewer than the recipe's under a token budget)
+    generated_tokens: float  # completion tokens sampled in the run (every draw: dynamic sampling draws more)
     rewards: list[float]  # (steps,) mean reward of the step's samples
     zero_std_fractions: list[float]  # (steps,) fraction of groups whose samples all got one reward
     run_dir: str
@@ -127,6 +133,7 @@ class DemoResults:
     timings_s: dict[str, float]
     wall_s: float
     out: str
+    baselines: BaselineTable | None = None  # --baselines: the RL-side remedies against Rejuvenation
 
     def to_json(self) -> dict:
         t = self.table
@@ -139,6 +146,7 @@ class DemoResults:
             "diagnosis": self.diagnosis,
             "timings_s": self.timings_s,
             "wall_s": self.wall_s,
+            "baselines": None if self.baselines is None else self.baselines.to_json(),
         }
 
 
@@ -162,7 +170,7 @@ def aggregate(seeds: list[int], before: dict[str, StartScores], per_seed: dict[s
     return DemoTable(list(seeds), rows, findings(rows), id_split, ood_split)
 
 
-def _wins(better: list[float], worse: list[float]) -> int:
+def wins(better: list[float], worse: list[float]) -> int:
     """Seeds on which `better` beats `worse` (paired: every start runs the same seeds)."""
     return sum(b > w for b, w in zip(better, worse, strict=True))
 
@@ -174,12 +182,12 @@ def findings(rows: dict[str, StartRow]) -> dict[str, Finding]:
 
     def after_rl(split: str) -> Finding:
         mean = f"{split}_after"
-        return Finding(getattr(rejuv, mean) > getattr(over, mean), _wins(rejuv.after(split), over.after(split)),
+        return Finding(getattr(rejuv, mean) > getattr(over, mean), wins(rejuv.after(split), over.after(split)),
                        {"rejuvenation": getattr(rejuv, mean), "oversft": getattr(over, mean)})
 
     return {
         "oversft_gains_less_than_modsft": Finding(
-            over.id_gain < mod.id_gain, _wins(mod.gains("id"), over.gains("id")),
+            over.id_gain < mod.id_gain, wins(mod.gains("id"), over.gains("id")),
             {"oversft_id_gain": over.id_gain, "modsft_id_gain": mod.id_gain},
         ),
         "rejuvenation_beats_oversft_after_rl_id": after_rl("id"),

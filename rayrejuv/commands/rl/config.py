@@ -19,6 +19,11 @@ class RLConfig(PromptFormat):
     eval_data: Path | None = Field(None, description="jsonl of {prompt, answer} for pass@1 / pass@k evaluation")
     out: Path = Field(description="run directory: checkpoints, metrics.jsonl, final/ (re-run to resume)")
     steps: int = Field(100, ge=1, description="GRPO steps")
+    token_budget: int | None = Field(
+        None, ge=1, description="end the run after the step at which its generated tokens "
+        "(sampling/generated_tokens_total) reach this many, `steps` staying the cap: compares runs at equal "
+        "generation cost (dynamic sampling draws more per step); unset: `steps` steps"
+    )
     seed: int = Field(0, description="seed of the prompt order, sampling and initialisation")
     eval_every: int = Field(25, ge=0, description="evaluate every K steps (and at the start and end); 0: never")
     eval_examples: int = Field(200, ge=1, description="prompts of --eval-data used")

@@ -197,9 +197,10 @@ def finalize(cfg: RLConfig, layout: RunLayout, run_dir: RunDir, run: Run, checkp
     from rayrejuv.commands.rl.report import plot_rl_curves
 
     final = export_final(checkpoint, layout.final)
-    run_dir.state["finished_steps"] = cfg.steps
+    run_dir.state["finished_steps"] = cfg.steps  # complete: also a run its token budget ended sooner
     run_dir.save()
-    summary = RLSummary.of(records, cfg.steps, final, time.perf_counter() - started)
+    steps = max((r["step"] for r in records if "reward/mean" in r), default=cfg.steps)
+    summary = RLSummary.of(records, steps, final, time.perf_counter() - started)
     atomic_write_text(layout.summary, summary.to_json())
     plot_rl_curves(records, layout.curves, title=f"GRPO from {Path(cfg.model).name}")
     run.log_artifact(layout.curves)

@@ -287,6 +287,8 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
         evals = shared(lambda: experience.evaluate(0))
         if rank0:
             ray.get(workers.sink.log.remote(0, evals))
+    if spent(cfg, generated):  # resumed after the step that reached the token budget
+        return latest_checkpoint(Path(cfg.out))
     bar = tqdm(range(start, cfg.steps), desc="GRPO", unit="step", disable=not (rank0 and job.progress),
                initial=start, total=cfg.steps)
     for step in bar:
@@ -300,7 +302,8 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
         generated += metrics["sampling/generated_tokens"]
         metrics["sampling/generated_tokens_total"] = generated  # cumulative, across a resume
         done = step + 1
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+        last = done == cfg.steps or spent(cfg, generated)
+        if cfg.eval_every and (done % cfg.eval_every == 0 or last):
             metrics |= shared(lambda: experience.evaluate(done))  # noqa: B023 (called at once)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/tokens_per_s"] = batch.num_tokens / metrics["time/step"]
@@ -309,12 +312,19 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
         if rank0:
             ray.get(workers.sink.log.remote(done, metrics))
             bar.set_postfix(reward=f"{metrics['reward/mean']:+.3f}", entropy=f"{metrics['policy/entropy']:.3f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or last:
             save_checkpoint(learner, tokenizer, Path(cfg.out), done, {"step": done, "generated_tokens": generated},
                             cfg.keep_checkpoints)
             if rank0:
                 report({k: float(v) for k, v in metrics.items()} | {"step": done})
+        if last:
+            break
     return latest_checkpoint(Path(cfg.out))
+
+
+def spent(cfg: RLConfig, generated: int) -> bool:
+    """Whether a run that has generated `generated` tokens has reached its token budget (none: never)."""
+    return cfg.token_budget is not None and generated >= cfg.token_budget
 
 
 def begin_run(cfg: RLConfig, job: RunJob, workers: RLWorkers, rank0: bool):
