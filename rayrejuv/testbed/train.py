@@ -1,8 +1,11 @@
-"""A plain causal-LM trainer for the tiny world: constant LR, no warmup, no decay, no weight decay."""
+"""A plain causal-LM trainer for the tiny world: no warmup, no weight decay; a constant LR, or a
+cosine decay to a tenth of it (a pure function of the step, so a resumed run continues it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +15,13 @@ from rayrejuv.data.calibration import collate, tokenize_pairs
 
 def steps_for(epochs: float, num_examples: int, batch_size: int) -> int:
     return max(1, round(epochs * num_examples / batch_size))
+
+
+def lr_at(lr: float, step: int, num_steps: int, schedule: Literal["constant", "cosine"]) -> float:
+    """The learning rate of 0-based `step` of `num_steps`: constant, or cosine from lr to lr / 10."""
+    if schedule == "constant":
+        return lr
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, num_steps - 1))))
 
 
 def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -38,6 +48,7 @@ def train_pairs(
     start_step: int = 0,
     optimizer_state: dict | None = None,
     on_step: Callable[[int, float, torch.optim.Optimizer], None] | None = None,
+    lr_schedule: Literal["constant", "cosine"] = "constant",
 ) -> list[float]:
     """Teacher-forced training on prompt/response pairs, loss on response tokens only.
 
@@ -57,6 +68,8 @@ def train_pairs(
         range(start_step, n_steps), desc=desc, unit="step", disable=not progress, initial=start_step, total=n_steps
     )
     for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(lr, step, n_steps, lr_schedule)
         batch = collate([examples[i] for i in order[step]], tokenizer.pad_token_id)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
         targets = batch.input_ids[:, 1:].masked_fill(~batch.response_mask[:, :-1], -100)  # (B, T-1)
