@@ -83,7 +83,8 @@ def test_dynamic_sampling_mask_entropy_bonus_and_perf(adder, ray_local, tmp_path
         assert r["perf/throughput"] == pytest.approx(r["perf/total_num_tokens"] / r["perf/time_per_step"])
         assert r["perf/generation_share"] == pytest.approx(r["time/generate"] / r["perf/time_per_step"])
         assert 0 < r["perf/generation_share"] < 1 and r["perf/time_per_step"] <= r["time/step"]
-        flops = step_flops(_params(adder["model"]), r["perf/total_num_tokens"], r["perf/generation_num_tokens"], 1, 1)
+        flops = step_flops(_params(adder["model"]), r["perf/total_num_tokens"], r["perf/generation_num_tokens"], 1, 0)
+        # (forward-only passes 0: one update per batch trains the sampling policy, no old-policy pass)
         assert r["perf/mfu"] == pytest.approx(flops / (r["perf/time_per_step"] * 1e12))
         assert (r["perf/generation_num_tokens"] == r["perf/total_num_tokens"]) == (batches == 1)
     assert sum(r["sampling/dropped_groups"] for r in recs) > 0  # the filter dropped groups on this task

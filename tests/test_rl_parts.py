@@ -94,6 +94,36 @@ def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
         torch.testing.assert_close(weights[3][k], weights[8][k], rtol=0, atol=1e-6)
 
 
+def test_one_update_per_batch_needs_no_old_policy_pass_and_takes_the_same_step(make_pair, monkeypatch):
+    """updates_per_batch 1, minibatches 1: `old` is the training forward's log-probs, detached (no
+    scoring pass); the step, the entropy and the rollout log-prob gap equal those of the scoring
+    pass the learner takes otherwise (forced here), up to float noise."""
+    from transformers import AutoModelForCausalLM
+
+    from rayrejuv.config.rl import GRPOConfig, LearnerConfig
+    from rayrejuv.distributed.learner import Learner
+
+    _, sft = make_pair("qwen3")
+    batch = _rollout(8, 4, 6, 5)
+    batch.advantages = torch.randn(8, generator=torch.Generator().manual_seed(2))
+    runs = {}
+    for scored in (False, True):
+        monkeypatch.setattr(GRPOConfig, "scores_old_policy", property(lambda self, s=scored: s))
+        model = AutoModelForCausalLM.from_pretrained(sft)
+        learner = Learner(model, GRPOConfig(micro_batch_size=3, beta=0.0), LearnerConfig(), torch.device("cpu"))
+        learner.engine.opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        calls = []
+        monkeypatch.setattr(learner, "score", lambda mb, f=learner.score, c=calls: c.append(1) or f(mb))
+        runs[scored] = learner.update(batch), learner.weights(), len(calls)
+    (fast, w_fast, n_fast), (slow, w_slow, n_slow) = runs[False], runs[True]
+    assert (n_fast, n_slow) == (0, 1)
+    for k in ("policy/entropy", "rollout/logprob_abs_diff", "policy/grad_norm", "policy/pg_loss"):
+        assert fast[k] == pytest.approx(slow[k], rel=1e-5, abs=1e-7), k
+    assert fast["policy/ratio_mean"] == 1.0 and fast["policy/clip_fraction"] == 0.0
+    for k in w_slow:
+        torch.testing.assert_close(w_fast[k], w_slow[k], rtol=0, atol=1e-6)
+
+
 def test_rl_config_errors_name_the_fix(tmp_path):
     from rayrejuv.commands.rl.config import RLConfig
     from rayrejuv.config.base import validate_config

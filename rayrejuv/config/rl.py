@@ -115,6 +115,13 @@ class GRPOConfig(Config):
         "method.throughput.PEAK_TFLOPS (no perf/mfu on CPU or an unknown GPU unless given)"
     )
 
+    @property
+    def scores_old_policy(self) -> bool:
+        """Whether a step scores the sampling policy's log-probs in a pass of its own: only when a
+        batch trains more than one optimizer step; with one, the policy that sampled is the one
+        trained, and `old` is the training forward's own log-probs, detached (TRL, num_iterations 1)."""
+        return self.updates_per_batch > 1 or self.minibatches > 1
+
     @model_validator(mode="after")
     def _overlong_buffer_fits(self) -> GRPOConfig:
         if self.overlong == "soft_penalty" and self.overlong_buffer_len > self.max_new_tokens:

@@ -32,6 +32,16 @@ from rayrejuv.models.logprobs import CompletionScorer, score_completions
 from rayrejuv.models.rollout import Rollout
 
 
+def _sampled_stats(mb: Rollout, logp: torch.Tensor, entropy: torch.Tensor, meter: Meter) -> None:
+    """The policy's entropy on the sampled tokens, and how far the rollout engine's log-probs of
+    them are from the learner's (equal up to numerics after a sync). logp, entropy: (n, T)."""
+    m = mb.completion_mask.bool()
+    tokens = float(m.sum())
+    if tokens:
+        meter.add("policy/entropy", float(entropy[m].mean()), tokens)
+        meter.add("rollout/logprob_abs_diff", float((logp - mb.logprobs.to(logp))[m].abs().mean()), tokens)
+
+
 @dataclass
 class Meter:
     """Weighted means that can be summed over micro-batches and ranks."""
@@ -265,12 +275,7 @@ class Learner:
         self.module.eval()
         for mb in self._micro(batch):
             logp, entropy = score_completions(self.engine.model, mb, self.cfg.temperature)  # (n, T) each
-            m = mb.completion_mask.bool()
-            tokens = float(m.sum())
-            if tokens:
-                meter.add("policy/entropy", float(entropy[m].mean()), tokens)
-                # the rollout engine's log-probs of the same tokens: equal up to numerics after a sync
-                meter.add("rollout/logprob_abs_diff", float((logp - mb.logprobs.to(logp))[m].abs().mean()), tokens)
+            _sampled_stats(mb, logp, entropy, meter)
             parts.append(logp.cpu())
         self.module.train()
         T = batch.completion_ids.shape[1]
@@ -284,8 +289,11 @@ class Learner:
         size = len(batch) // g.minibatches
         minibatches = [self.shard(batch.select(slice(k * size, (k + 1) * size))) for k in range(g.minibatches)]
         meter = Meter()
-        old = []
+        old: list[torch.Tensor | None] = []
         for mb in minibatches:  # log-probs of the policy that sampled (after the last sync)
+            if not g.scores_old_policy:  # `old` is the training forward's, detached: no pass (a third of a step)
+                old.append(None)
+                continue
             logp, m = self.score(mb)
             old.append(logp)
             meter.merge(m)
@@ -297,8 +305,9 @@ class Learner:
         metrics["policy/update_norm"] = self._refresh_weights()
         return metrics
 
-    def _train_minibatch(self, mb: Rollout, mb_old: torch.Tensor, meter: Meter) -> None:
-        """Accumulate the gradient of the minibatch's loss, one micro-batch at a time."""
+    def _train_minibatch(self, mb: Rollout, mb_old: torch.Tensor | None, meter: Meter) -> None:
+        """Accumulate the gradient of the minibatch's loss, one micro-batch at a time (`mb_old`
+        None: the policy that sampled is the current one, see update)."""
         g = self.cfg
         count = float(mb.completion_mask.sum()) if g.aggregation == "token_mean" else float(len(mb))
         denominator = _global_sum(count) / _world()  # the engine's mean over ranks divides back out
@@ -308,9 +317,11 @@ class Learner:
             n = len(micro)
             with self.engine.no_sync(last=i == len(micros) - 1):
                 logp, entropy = score_completions(self.engine.model, micro, g.temperature)  # (n, T), with grad
+                if mb_old is None:
+                    _sampled_stats(micro, logp.detach(), entropy.detach(), meter)
                 loss, stats = grpo_loss(
                     logp,
-                    mb_old[start : start + n].to(self.device),
+                    logp.detach() if mb_old is None else mb_old[start : start + n].to(self.device),
                     micro.advantages.to(logp),
                     micro.completion_mask,
                     epsilon=g.epsilon,

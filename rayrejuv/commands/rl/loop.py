@@ -360,7 +360,8 @@ def throughput_of(cfg: RLConfig, device: torch.device) -> Throughput:
     if tflops is None and device.type == "cuda":
         tflops = peak_tflops(torch.cuda.get_device_name(device))
     return Throughput(gpus=cfg.gpu_demand() or 1.0, params=params, updates=g.updates_per_batch,
-                      forward_passes=1 + int(g.beta > 0), peak_flops=None if tflops is None else tflops * 1e12)
+                      forward_passes=int(g.scores_old_policy) + int(g.beta > 0),
+                      peak_flops=None if tflops is None else tflops * 1e12)
 
 
 def start_learner(cfg: RLConfig) -> tuple[Learner, Any, dict]:
