@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--sampled", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--checkpoints", nargs="*", help="only these (base, epoch-<e>, fusion-<alpha>@<epoch>)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     spec = json.loads((a.world / "testbed.json").read_text())
@@ -87,6 +88,7 @@ def main() -> None:
     names = ["base", *sorted((d.name for d in (a.world / "sft").iterdir() if d.name.startswith("epoch-")),
                              key=lambda s: float(s.removeprefix("epoch-")))]
     names += [f"fusion-{x}@{a.oversft}" for x in a.alphas]
+    names = a.checkpoints or names
     jobs = [(a.world, n, rl_split, a.examples, a.sampled, a.max_new_tokens) for n in names]
     with mp.get_context("spawn").Pool(a.procs) as pool:
         results = pool.map(measure, jobs, chunksize=1)
