@@ -99,3 +99,36 @@ def test_run_baselines_runs_each_remedy_from_oversft_with_its_budget(tmp_path, m
         assert s.token_budget == (700 + s.seed if s.row == "oversft_dynamic_sampling_tokens" else None)
     assert list(table.rows) == ["oversft", *REMEDIES, REFERENCE]
     assert table.rows[REFERENCE].spread["id_after"].mean == 0.5
+
+
+@pytest.mark.slow  # the quick demo and its remedies end to end: ~5-10 min on 2 cores
+@pytest.mark.timeout(1500)
+def test_quick_demo_with_baselines_end_to_end(tmp_path):
+    """`demo --quick --baselines` on one seed: every remedy runs from OverSFT on the demo's pools;
+    the token-matched row stops at the first step whose generated tokens reach Rejuvenation's."""
+    import json
+
+    from rayrejuv.commands.demo.config import QUICK, DemoConfig
+    from rayrejuv.commands.demo.driver import run_demo
+    from rayrejuv.config.base import merge_overrides, validate_config
+
+    out = tmp_path / "q"
+    cfg = validate_config(DemoConfig, merge_overrides(QUICK, {"out": str(out), "seeds": 1, "baselines": True,
+                                                              "tracking": {"enabled": False}}))
+    results = run_demo(cfg, progress=False)
+    table = results.baselines
+    assert list(table.rows) == ["oversft", *REMEDIES, REFERENCE] and table.seeds == [0]
+    steps = cfg.rl.steps
+    reference = table.rows[REFERENCE].per_seed[0]
+    matched = table.rows["oversft_dynamic_sampling_tokens"].per_seed[0]
+    assert matched.generated_tokens >= reference.generated_tokens and 1 <= matched.steps <= steps
+    records = [json.loads(line) for line in (out / "rl" / "oversft_dynamic_sampling_tokens" / "seed-0" /
+                                              "metrics.jsonl").read_text().splitlines()]
+    totals = [r["sampling/generated_tokens_total"] for r in records]
+    assert len(totals) == matched.steps and all(t < reference.generated_tokens for t in totals[:-1])
+    plain = table.rows["oversft"].per_seed[0]
+    assert table.rows["oversft_dynamic_sampling"].per_seed[0].generated_tokens >= plain.generated_tokens
+    for name in ("oversft_clip_higher", "oversft_entropy_bonus"):
+        assert table.rows[name].steps == steps
+    assert json.loads((out / "results.json").read_text())["baselines"] == json.loads(json.dumps(table.to_json()))
+    assert (out / "baselines.png").stat().st_size > 0 and "entropy bonus" in (out / "baselines.md").read_text()
