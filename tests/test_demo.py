@@ -183,7 +183,7 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
 def test_fingerprint_excludes_where_and_how_the_seeds_and_the_baselines():
     cfg = DemoConfig()
     assert set(cfg.fingerprint()) == set(DemoConfig.model_fields) - {"overwrite", "ray", "tracking", "out", "seeds",
-                                                                      "seed", "baselines"}
+                                                                      "seed", "baselines", "world_cache"}
     assert cfg.fingerprint()["rl"]["grpo"]["lr"] == 3e-5 and cfg.fingerprint()["rejuvenation"]["alpha"] == 0.6
 
 

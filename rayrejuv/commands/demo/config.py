@@ -79,6 +79,10 @@ class DemoConfig(Config):
     )
     overwrite: bool = Field(False, description="delete OUT's previous demo (other settings) and start again")
     world: WorldSpec = Field(default_factory=WorldSpec, description="the tiny world built (or reused) in OUT/testbed")
+    world_cache: bool = Field(
+        True, description="copy the world from the user's cache ($XDG_CACHE_HOME or ~/.cache, rayrejuv/world-*: "
+        "keyed by the world and the torch/transformers versions) when a demo built it before, and cache a new one"
+    )
     rungs: DemoRungs = Field(default_factory=DemoRungs)
     rejuvenation: Annotated[ResetSearchConfig, BeforeValidator(_over_recipe(REJUVENATION_RECIPE))] = Field(
         default_factory=lambda: REJUVENATION_RECIPE.model_copy(),
@@ -117,7 +121,7 @@ class DemoConfig(Config):
         checkpoints and every finished run, and results.json reports the seeds asked for. Nor
         `baselines`: their runs live beside the starts' (rl/<remedy>/seed-<s>)."""
         return self.model_dump(mode="json", exclude={"overwrite", "ray", "tracking", "out", "seeds", "seed",
-                                                      "baselines"})
+                                                      "baselines", "world_cache"})
 
 
 # `--quick`: every phase runs for real, on a world and budget small enough for a test.

@@ -64,7 +64,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
     with ray_session(cfg.ray.address, cpu_demand, logs), tracked_run(cfg.tracking, "demo") as parent:
         parent.log_params(cfg.model_dump(mode="json"))
         with phase("testbed"):
-            build_world(cfg, world, parent.child(cfg.tracking, "testbed"), progress)
+            build_world(cfg, world, parent.child(cfg.tracking, "testbed"), progress, log)
         with phase("diagnose"):
             diagnosis = diagnose_rungs(cfg, world, out / "diagnose", parent.child(cfg.tracking, "diagnose"), progress)
         with phase("rejuvenate"):
@@ -100,10 +100,21 @@ def _announced(timer: PhaseTimer, log):
     return phase
 
 
-def build_world(cfg: DemoConfig, world, tracking: TrackingConfig, progress: bool) -> None:
+def build_world(cfg: DemoConfig, world, tracking: TrackingConfig, progress: bool, log=print) -> None:
+    """OUT/testbed: kept when there, else copied from the user's world cache (world_cache), else built
+    (and then cached)."""
+    from rayrejuv.commands.testbed.cache import restore_world, store_world
     from rayrejuv.commands.testbed.driver import build_testbed
 
-    build_testbed(TinyWorldConfig(**cfg.world.model_dump(), out=world.root, tracking=tracking), progress=progress)
+    tcfg = TinyWorldConfig(**cfg.world.model_dump(), out=world.root, tracking=tracking)
+    if cfg.world_cache and (source := restore_world(tcfg)) is not None:
+        log(f"[demo] world copied from the cache {source} (world_cache: false builds it)")
+        with tracked_run(tracking, "testbed") as run:
+            run.log_params(tcfg.model_dump(mode="json") | {"restored_from": str(source)})
+        return
+    build_testbed(tcfg, progress=progress)
+    if cfg.world_cache:
+        store_world(tcfg)
 
 
 def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingConfig, progress: bool) -> Diagnosis:
