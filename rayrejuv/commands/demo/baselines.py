@@ -27,7 +27,10 @@ class Remedy:
 
 # The values: DAPO's published clip-higher (epsilon_high 0.28, epsilon 0.2) and its dynamic sampling
 # with verl's draw cap; the entropy coefficient is verl's order of magnitude (its old default 1e-3)
-# raised tenfold, since the tiny model's token entropy after over-training is ~0.05 nats.
+# raised tenfold. Measured (docs/testbed.md, seeds 3-5): with the recipe's one optimizer step per
+# batch the ratio is exactly 1, so clip-higher is a no-op (bit-identical to OverSFT); it acts only with
+# grpo.minibatches or updates_per_batch > 1 (DAPO's setting). The bonus at 0.01 changed nothing
+# measurable: OverSFT's token entropy is ~0.008 nats.
 REMEDIES: dict[str, Remedy] = {
     "oversft_dynamic_sampling": Remedy("OverSFT + dynamic sampling", {"dynamic_sampling": True}),
     "oversft_dynamic_sampling_tokens": Remedy("OverSFT + dynamic sampling, Rejuvenation's tokens",
