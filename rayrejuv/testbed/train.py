@@ -24,6 +24,13 @@ def lr_at(lr: float, step: int, num_steps: int, schedule: Literal["constant", "c
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, num_steps - 1))))
 
 
+def response_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy of the response tokens (all tokens of a pre-training row) of `batch`."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
+    targets = batch.input_ids[:, 1:].masked_fill(~batch.response_mask[:, :-1], -100)  # (B, T-1)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
 def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -> list[list[int]]:
     """The example indices of every step: a function of the seed alone, so runs of different
     lengths (and a resumed run) see the same sequence."""
@@ -70,10 +77,7 @@ def train_pairs(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(lr, step, n_steps, lr_schedule)
-        batch = collate([examples[i] for i in order[step]], tokenizer.pad_token_id)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        targets = batch.input_ids[:, 1:].masked_fill(~batch.response_mask[:, :-1], -100)  # (B, T-1)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = response_loss(model, collate([examples[i] for i in order[step]], tokenizer.pad_token_id))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -271,9 +271,8 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
     """One run on every rank: the GRPO loop from the run's start or its last checkpoint to cfg.steps,
     checkpoints into the run's directory; returns the last one (None when stopped: its queue job ended).
     Rank 0 reports the checkpoint steps' metrics (`report`: to the run's driver, e.g. Tune's scheduler).
-    The first step records time/run_start (the driver's preparation, time/run_prepare, then the pool's
-    part from taking the run (`taken_at`, time.time()) to the step) and time/queued (submitted to
-    taken: no pool was free, or the pool was still starting)."""
+    The first step records start_times (`taken_at`: time.time() the pool took the run); a token budget
+    (cfg.token_budget) can end the run before cfg.steps."""
     import ray
     from tqdm.auto import tqdm
 
@@ -281,12 +280,9 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
     learner, tokenizer, experience, state = begin_run(cfg, job, workers, rank0)
     start, generated = state["step"], state["generated_tokens"]
     throughput = throughput_of(cfg, learner.device)
-    started = {"time/run_start": job.prepared + time.time() - taken_at, "time/run_prepare": job.prepared,
-               "time/queued": taken_at - job.submitted}
+    started = start_times(job, taken_at)
     if start == 0 and cfg.eval_every:
-        evals = shared(lambda: experience.evaluate(0))
-        if rank0:
-            ray.get(workers.sink.log.remote(0, evals))
+        log_start_evaluation(experience, workers, rank0)
     if spent(cfg, generated):  # resumed after the step that reached the token budget
         return latest_checkpoint(Path(cfg.out))
     bar = tqdm(range(start, cfg.steps), desc="GRPO", unit="step", disable=not (rank0 and job.progress),
@@ -320,6 +316,22 @@ def grpo_run(job: RunJob, workers: RLWorkers, rank0: bool, taken_at: float, stop
         if last:
             break
     return latest_checkpoint(Path(cfg.out))
+
+
+def start_times(job: RunJob, taken_at: float) -> dict[str, float]:
+    """time/run_start (the driver's preparation, then the pool's part from taking the run), its
+    preparation part, and time/queued (submitted to taken)."""
+    return {"time/run_start": job.prepared + time.time() - taken_at, "time/run_prepare": job.prepared,
+            "time/queued": taken_at - job.submitted}
+
+
+def log_start_evaluation(experience: Experience, workers: RLWorkers, rank0: bool) -> None:
+    """The evaluation of the start (step 0), on every rank; rank 0 logs it."""
+    import ray
+
+    evals = shared(lambda: experience.evaluate(0))
+    if rank0:
+        ray.get(workers.sink.log.remote(0, evals))
 
 
 def spent(cfg: RLConfig, generated: int) -> bool:
