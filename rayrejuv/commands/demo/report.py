@@ -127,9 +127,7 @@ def print_demo_summary(results: DemoResults) -> None:
         t.add_row(LABELS[start], f"{r.entropy_before:.3f}", f"{r.id_before:.3f}", pm["id_after"],
                   pm["id_gain"], f"{r.ood_before:.3f}", pm["ood_after"], pm["ood_gain"])
     c.print(t)
-    for name, f in table.findings.items():
-        color = "green" if f.holds else "red"
-        c.print(f"  {name.replace('_', ' ')}: [{color}]{f.verdict(n)}[/{color}]")
+    _print_findings(c, table.findings, n)
     if results.baselines is not None:
         _print_baselines(c, results.baselines, idn, oodn)
     times = ", ".join(f"{k} {v:.0f}s" for k, v in results.timings_s.items())
@@ -147,6 +145,11 @@ def _print_baselines(c: Console, table: BaselineTable, idn: str, oodn: str) -> N
         t.add_row(r.label, f"{r.steps:.1f}", f"{r.generated_tokens:,.0f}", r.spread["id_after"].pm(),
                   r.spread["ood_after"].pm(), f"{r.entropy_after:.3f}")
     c.print(t)
-    for name, f in table.findings.items():
+    _print_findings(c, table.findings, n)
+
+
+def _print_findings(c: Console, findings: dict, n_seeds: int) -> None:
+    """One line per finding: its name and verdict, green when it holds."""
+    for name, f in findings.items():
         color = "green" if f.holds else "red"
-        c.print(f"  {name.replace('_', ' ')}: [{color}]{f.verdict(n)}[/{color}]")
+        c.print(f"  {name.replace('_', ' ')}: [{color}]{f.verdict(n_seeds)}[/{color}]")
