@@ -128,3 +128,20 @@ def test_world_build_is_bit_identical_whatever_the_threads(tmp_path, monkeypatch
             assert wa[k].dtype == wb[k].dtype and torch.equal(wa[k], wb[k]), f"{part_a.name}: {k} differs"
     for f in sorted((a.root / "data").glob("*.jsonl")):
         assert f.read_bytes() == (b.root / "data" / f.name).read_bytes(), f.name
+
+
+def test_the_real_extra_brings_what_reading_a_gguf_needs(monkeypatch):
+    """CI installs `.[dev,real]` for the real suite: the extra must list every package transformers needs
+    for a GGUF (accelerate was only pulled in by bench, and CI's real suite failed on it); without one, the
+    conversion stops with one line naming the extra."""
+    import importlib.util
+
+    from rayrejuv.errors import RejuvError
+    from rayrejuv.testbed import gguf
+
+    real = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["real"]
+    assert sorted(canonicalize_name(Requirement(r).name) for r in real) == sorted(gguf.REAL_EXTRA)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "accelerate" else real_find_spec(n, *a))
+    with pytest.raises(RejuvError, match=r"needs accelerate \(not installed\).*\.\[real\]"):
+        gguf.convert_gguf(Path("model.gguf"), Path("out"))

