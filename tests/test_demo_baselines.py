@@ -128,7 +128,7 @@ def test_quick_demo_with_baselines_end_to_end(tmp_path):
     assert len(totals) == matched.steps and all(t < reference.generated_tokens for t in totals[:-1])
     plain = table.rows["oversft"].per_seed[0]
     assert table.rows["oversft_dynamic_sampling"].per_seed[0].generated_tokens >= plain.generated_tokens
-    for name in ("oversft_clip_higher", "oversft_entropy_bonus"):
+    for name in ("oversft_minibatches", "oversft_clip_higher", "oversft_entropy_bonus"):
         assert table.rows[name].steps == steps
     assert json.loads((out / "results.json").read_text())["baselines"] == json.loads(json.dumps(table.to_json()))
     assert (out / "baselines.png").stat().st_size > 0 and "entropy bonus" in (out / "baselines.md").read_text()
