@@ -158,11 +158,19 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     cfg = DemoConfig()
     assert isinstance(cfg.rl.grpo, GRPOConfig) and isinstance(cfg.rejuvenation, ResetSearchConfig)
     assert isinstance(cfg.world, WorldSpec)
+    w = cfg.world
+    assert (w.data.id_steps, w.data.id_max, w.data.sft_examples, w.train.pretrain_epochs) == (3, 15, 200, 4.0)
+    assert (cfg.rungs.modsft_epoch, cfg.rungs.oversft_epoch) == (2.0, 32.0)
+    # a partial world section keeps the demo's world in every field it does not name (a nested merge)
+    partial = DemoConfig.model_validate({"world": {"data": {"eval_examples": 50}, "seed": 3}})
+    assert partial.world == w.model_copy(update={"seed": 3, "data": w.data.model_copy(update={"eval_examples": 50})})
+    q = validate_config(DemoConfig, QUICK).world
+    assert (q.data.id_steps, q.data.id_max, q.data.sft_examples, q.train.pretrain_epochs) == (2, 20, 96, 1.0)
     g = cfg.rl.grpo
     assert (g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature, g.max_new_tokens, g.micro_batch_size) == (
         8, 8, 3e-5, 0.0, 1.0, 48, 64)
     r = cfg.rejuvenation
-    assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.6, 0.01, 1.0, 8)
+    assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.5, 0.01, 1.0, 8)
     assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
     # nothing declared twice: the demo's own sections hold no field of the sections they embed
     assert not set(type(cfg.rl).model_fields) & set(GRPOConfig.model_fields)
@@ -184,7 +192,7 @@ def test_fingerprint_excludes_where_and_how_the_seeds_and_the_baselines():
     cfg = DemoConfig()
     assert set(cfg.fingerprint()) == set(DemoConfig.model_fields) - {"overwrite", "ray", "tracking", "out", "seeds",
                                                                       "seed", "baselines", "world_cache"}
-    assert cfg.fingerprint()["rl"]["grpo"]["lr"] == 3e-5 and cfg.fingerprint()["rejuvenation"]["alpha"] == 0.6
+    assert cfg.fingerprint()["rl"]["grpo"]["lr"] == 3e-5 and cfg.fingerprint()["rejuvenation"]["alpha"] == 0.5
 
 
 def test_every_rl_run_gets_the_recipe_and_ray_gets_their_cpu_demand(tmp_path, monkeypatch):

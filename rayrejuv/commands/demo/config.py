@@ -5,9 +5,8 @@ The demo embeds the sections of the commands it drives (the world's spec, the re
 knobs, GRPO's step) with the demo's own recipe as their defaults; nothing is declared twice.
 The world has one prompt format: `rejuvenation.chat_template` (the reset search's field) renders
 the prompts of every phase (calibration, diagnosis, RL, scores).
-The recipe (rungs, alpha, learning rate, steps) was measured on the default tiny world; the
-closing notes of issue 7 and docs/testbed.md ("Which RL distribution") give the numbers behind
-each choice.
+The recipe (world, rungs, alpha, learning rate, steps) was measured on 2 cores; docs/testbed.md
+("The demo's world", "Which RL distribution") gives the numbers behind each choice.
 """
 
 from __future__ import annotations
@@ -17,22 +16,29 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from rayrejuv.config.base import Config
+from rayrejuv.config.base import Config, merge_overrides
 from rayrejuv.config.rejuvenation import ResetSearchConfig
 from rayrejuv.config.rl import GRPOConfig, LearnerConfig, RolloutConfig
 from rayrejuv.config.runtime import RayConfig, TrackingConfig
-from rayrejuv.config.world import WorldSpec
+from rayrejuv.config.world import WorldDataConfig, WorldSpec, WorldTrainConfig
 
 # The measured recipe; every knob not named here is its building block's own default.
-REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.6, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
+# The world (docs/testbed.md, "The demo's world"): the stronger base (pre-training x2, 875 steps: it
+# solves 0.87 of its own problems, which SFT makes it forget), a 3-step SFT task on numbers <= 15
+# from 200 examples, RL on the same templates with numbers <= 30 (the base's range, the `hard`
+# split): OverSFT is at 0.73 there before RL, so RL has room above it.
+WORLD_RECIPE = WorldSpec(data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200),
+                         train=WorldTrainConfig(pretrain_epochs=4.0))
+REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
 GRPO_RECIPE = GRPOConfig(prompts_per_step=8, group_size=8, lr=3e-5, beta=0.0, temperature=1.0, max_new_tokens=48,
                          micro_batch_size=8 * 8)
 
 
 def _over_recipe(recipe: Config):
     """A partial section (YAML, flags, QUICK) fills its gaps from the demo's recipe: validated on
-    its own, pydantic would fill them from the building block's defaults (GRPO's lr 1e-6)."""
-    return lambda given: recipe.model_dump() | given if isinstance(given, dict) else given
+    its own, pydantic would fill them from the building block's defaults (GRPO's lr 1e-6). Nested
+    sections (the world's data, train) merge field by field."""
+    return lambda given: merge_overrides(recipe.model_dump(), given) if isinstance(given, dict) else given
 
 
 def _grpo_over_recipe(given: Any) -> Any:
@@ -46,7 +52,7 @@ def _grpo_over_recipe(given: Any) -> Any:
 
 
 class DemoRungs(Config):
-    modsft_epoch: float = Field(4.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
+    modsft_epoch: float = Field(2.0, gt=0, description="ladder epoch used as ModSFT (moderately trained)")
     oversft_epoch: float = Field(32.0, gt=0, description="ladder epoch used as OverSFT (over-trained)")
 
 
@@ -78,7 +84,10 @@ class DemoConfig(Config):
         "entropy bonus; commands/demo/baselines.py), compared with Rejuvenation at the same steps and tokens"
     )
     overwrite: bool = Field(False, description="delete OUT's previous demo (other settings) and start again")
-    world: WorldSpec = Field(default_factory=WorldSpec, description="the tiny world built (or reused) in OUT/testbed")
+    world: Annotated[WorldSpec, BeforeValidator(_over_recipe(WORLD_RECIPE))] = Field(
+        default_factory=lambda: WORLD_RECIPE.model_copy(deep=True),
+        description="the tiny world built (or reused) in OUT/testbed (defaults: the demo's world)",
+    )
     world_cache: bool = Field(
         True, description="copy the world from the user's cache ($XDG_CACHE_HOME or ~/.cache, rayrejuv/world-*: "
         "keyed by the world and the torch/transformers versions) when a demo built it before, and cache a new one"
@@ -129,7 +138,9 @@ QUICK: dict[str, Any] = {
     "seeds": 2,
     "world": {
         "model": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2},
-        "data": {
+        "data": {  # the 2-step task on numbers <= 20: its answers fit the quick runs' 32 new tokens
+            "id_steps": 2,
+            "id_max": 20,
             "sft_examples": 96,
             "calibration_examples": 16,
             "rl_train_examples": 64,
