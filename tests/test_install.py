@@ -134,14 +134,12 @@ def test_the_real_extra_brings_what_reading_a_gguf_needs(monkeypatch):
     """CI installs `.[dev,real]` for the real suite: the extra must list every package transformers needs
     for a GGUF (accelerate was only pulled in by bench, and CI's real suite failed on it); without one, the
     conversion stops with one line naming the extra."""
-    import importlib.util
-
     from rayrejuv.errors import RejuvError
     from rayrejuv.testbed import gguf
 
     real = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["real"]
     assert sorted(canonicalize_name(Requirement(r).name) for r in real) == sorted(gguf.REAL_EXTRA)
     # gguf present, accelerate missing (whatever this venv holds: the default run's has neither)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "accelerate" else object())
+    monkeypatch.setattr(gguf, "find_spec", lambda name: None if name == "accelerate" else object())
     with pytest.raises(RejuvError, match=r"needs accelerate \(not installed\).*\.\[real\]"):
         gguf.convert_gguf(Path("model.gguf"), Path("out"))

