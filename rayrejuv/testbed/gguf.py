@@ -8,11 +8,11 @@ without `quantization_config`, loads the dequantized weights into it and saves t
 
 from __future__ import annotations
 
-from importlib.util import find_spec
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
