@@ -130,7 +130,7 @@ def test_world_build_is_bit_identical_whatever_the_threads(tmp_path, monkeypatch
         assert f.read_bytes() == (b.root / "data" / f.name).read_bytes(), f.name
 
 
-def test_the_real_extra_brings_what_reading_a_gguf_needs(monkeypatch):
+def test_the_real_extra_brings_what_reading_a_gguf_needs(monkeypatch, tmp_path):
     """CI installs `.[dev,real]` for the real suite: the extra must list every package transformers needs
     for a GGUF (accelerate was only pulled in by bench, and CI's real suite failed on it); without one, the
     conversion stops with one line naming the extra."""
@@ -143,3 +143,10 @@ def test_the_real_extra_brings_what_reading_a_gguf_needs(monkeypatch):
     monkeypatch.setattr(gguf, "find_spec", lambda name: None if name == "accelerate" else object())
     with pytest.raises(RejuvError, match=r"needs accelerate \(not installed\).*\.\[real\]"):
         gguf.convert_gguf(Path("model.gguf"), Path("out"))
+    # the fixture build stops before it looks for (or downloads) the wheel
+    from rayrejuv.commands.testbed.config import RealFixtureConfig
+    from rayrejuv.commands.testbed.real import RealLayout, ensure_base
+
+    monkeypatch.setattr(gguf, "find_gguf", lambda *a: pytest.fail("find_gguf ran without the real extra"))
+    with pytest.raises(RejuvError, match=r"needs accelerate"):
+        ensure_base(RealLayout(tmp_path), RealFixtureConfig(out=tmp_path))

