@@ -172,6 +172,7 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     r = cfg.rejuvenation
     assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.5, 0.01, 1.0, 8)
     assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
+    assert (cfg.eval.examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (200, 64, 8)
     # nothing declared twice: the demo's own sections hold no field of the sections they embed
     assert not set(type(cfg.rl).model_fields) & set(GRPOConfig.model_fields)
     assert not set(DemoConfig.model_fields) & set(ResetSearchConfig.model_fields)  # (`seed` is the RL seed)
@@ -222,6 +223,24 @@ def test_every_rl_run_gets_the_recipe_and_ray_gets_their_cpu_demand(tmp_path, mo
     with pytest.raises(Asked) as e:
         driver.run_demo(kl, progress=False)
     assert e.value.args == (None, 9.0, (tmp_path / "d" / "logs").absolute())  # 3 runs x 3 CPUs; OUT/logs
+
+
+def test_the_diagnosis_scores_diagnose_examples_prompts_of_eval_id(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rayrejuv.commands.demo import driver
+    from rayrejuv.commands.diagnose import driver as diagnose_driver
+    from rayrejuv.commands.testbed.driver import WorldLayout
+    from rayrejuv.config.runtime import TrackingConfig
+
+    cfg = validate_config(DemoConfig, merge_overrides(QUICK, {"out": str(tmp_path / "d")}))
+    asked = []
+    monkeypatch.setattr(diagnose_driver, "diagnose", lambda dcfg, progress: asked.append(dcfg))
+    world = WorldLayout(Path("/w"))
+    driver.diagnose_rungs(cfg, world, tmp_path / "diag", TrackingConfig(enabled=False), False)
+    (d,) = asked
+    assert (d.max_examples, d.k, d.data) == (16, 4, Path("/w/data/eval_id.jsonl"))  # not eval.examples (24)
+    assert d.sft == [world.sft(1.0), world.sft(4.0)] and d.base == world.base
 
 
 def test_results_json_keeps_its_format():

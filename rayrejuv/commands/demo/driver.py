@@ -128,7 +128,7 @@ def diagnose_rungs(cfg: DemoConfig, world, directory: Path, tracking: TrackingCo
         sft=[world.sft(cfg.rungs.modsft_epoch), world.sft(cfg.rungs.oversft_epoch)],
         data=world.data("eval_id"),
         out=directory,
-        max_examples=cfg.eval.examples,
+        max_examples=cfg.eval.diagnose_examples,
         k=cfg.eval.diagnose_k,
         max_new_tokens=cfg.eval.max_new_tokens,
         chat_template=cfg.rejuvenation.chat_template,  # the world's one prompt format
