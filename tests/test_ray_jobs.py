@@ -206,6 +206,8 @@ def _check_demo_outputs(out: Path, runs) -> None:
     from rayrejuv.commands.demo.config import QUICK, DemoConfig
 
     cfg = DemoConfig.model_validate({**QUICK, "out": out})
+    diagnosis = json.loads((out / "diagnose" / "diagnose.json").read_text())
+    assert diagnosis["config"]["max_examples"] == cfg.eval.diagnose_examples == 16  # not eval.examples (24)
     evals = EvalSets.of(cfg, WorldLayout(out / "testbed"))
     start = score_checkpoint(out / "oversft_rejuvenation", evals.splits(), evals.entropy_rows, 32, "auto")
     row = res["rows"]["oversft_rejuvenation"]
