@@ -159,8 +159,10 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     assert isinstance(cfg.rl.grpo, GRPOConfig) and isinstance(cfg.rejuvenation, ResetSearchConfig)
     assert isinstance(cfg.world, WorldSpec)
     w = cfg.world
-    assert (w.data.id_steps, w.data.id_max, w.data.sft_examples, w.train.pretrain_epochs) == (3, 15, 200, 4.0)
-    assert (cfg.rungs.modsft_epoch, cfg.rungs.oversft_epoch) == (2.0, 32.0)
+    assert (w.data.id_steps, w.data.id_max, w.data.sft_examples, w.train.pretrain_epochs) == (3, 15, 200, 2.5)
+    assert (w.model.hidden_size, w.model.intermediate_size, w.model.num_layers) == (128, 256, 3)
+    assert w.train.sft_epochs == [0.5, 1, 2, 4, 8, 16, 32, 64]
+    assert (cfg.rungs.modsft_epoch, cfg.rungs.oversft_epoch) == (2.0, 64.0)
     # a partial world section keeps the demo's world in every field it does not name (a nested merge)
     partial = DemoConfig.model_validate({"world": {"data": {"eval_examples": 50}, "seed": 3}})
     assert partial.world == w.model_copy(update={"seed": 3, "data": w.data.model_copy(update={"eval_examples": 50})})
@@ -171,7 +173,7 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
         8, 8, 3e-5, 0.0, 1.0, 48, 64)
     r = cfg.rejuvenation
     assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.5, 0.01, 1.0, 8)
-    assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
+    assert (cfg.rl.steps, cfg.rl.concurrent) == (12, 2)
     assert (cfg.eval.examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (200, 64, 8)
     # nothing declared twice: the demo's own sections hold no field of the sections they embed
     assert not set(type(cfg.rl).model_fields) & set(GRPOConfig.model_fields)
