@@ -6,7 +6,7 @@ knobs, GRPO's step) with the demo's own recipe as their defaults; nothing is dec
 The world has one prompt format: `rejuvenation.chat_template` (the reset search's field) renders
 the prompts of every phase (calibration, diagnosis, RL, scores).
 The recipe (world, rungs, alpha, learning rate, steps) was measured on 2 cores; docs/testbed.md
-("The demo's world", "Which RL distribution") gives the numbers behind each choice.
+("A weaker base and smaller SFT numbers", "Which RL distribution") gives the numbers behind each choice.
 """
 
 from __future__ import annotations
