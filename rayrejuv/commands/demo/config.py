@@ -31,7 +31,7 @@ from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldSpec, W
 # before RL, so RL has room above it.
 WORLD_RECIPE = WorldSpec(model=TinyModelConfig(intermediate_size=256, num_layers=3),
                          data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200),
-                         train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[0.5, 1, 2, 4, 8, 16, 32, 64]))
+                         train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[*WorldTrainConfig().sft_epochs, 64]))
 REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
 GRPO_RECIPE = GRPOConfig(prompts_per_step=8, group_size=8, lr=3e-5, beta=0.0, temperature=1.0, max_new_tokens=48,
                          micro_batch_size=8 * 8)
@@ -63,7 +63,8 @@ class DemoRL(Config):
     """The one GRPO recipe every start gets (same data, prompts, hyperparameters and seeds)."""
 
     steps: int = Field(
-        12, ge=1, description="GRPO steps per run (12: the ten-minute budget; at 40 every start saturates on `hard`)"
+        12, ge=1, description="GRPO steps per run (12: sized for the ten-minute target; at 40 every start saturates "
+        "on `hard`)"
     )
     concurrent: int = Field(2, ge=1, description="RL runs at a time (each holds about one core on CPU)")
     grpo: Annotated[GRPOConfig, BeforeValidator(_grpo_over_recipe)] = Field(
