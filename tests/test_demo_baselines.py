@@ -72,26 +72,25 @@ def test_compare_refuses_runs_of_other_seeds():
         compare([0, 1], {k: k for k in rows}, rows)
 
 
-def test_run_baselines_runs_each_remedy_from_oversft_with_its_budget(tmp_path, monkeypatch):
+def test_run_baselines_runs_each_remedy_from_oversft_with_its_budget(tmp_path):
     """The wiring, with the RL runs replaced: every (seed, remedy) once, from OverSFT, with the
     remedy's GRPO fields over the recipe and, for the token-matched row, Rejuvenation's tokens."""
     from rayrejuv.commands.demo import driver
     from rayrejuv.commands.demo.config import QUICK, DemoConfig
     from rayrejuv.config.base import merge_overrides, validate_config
-    from rayrejuv.runs.tracking import Run
 
     cfg = validate_config(DemoConfig, merge_overrides(QUICK, {"out": str(tmp_path / "d"), "baselines": True}))
     seen = []
 
-    def fake_run_all_rl(cfg_, world, specs, evals, directory, parent, progress):
-        seen.extend(specs)
-        return {s.row: [] for s in specs} | {
-            name: [_run(seed, 0.1, 0.1, tokens=float(seed)) for seed in cfg.seed_list] for name in REMEDIES}
+    class Runner:  # RLRunner's run, on no pools
+        def run(self, specs):
+            seen.extend(specs)
+            return {s.row: [] for s in specs} | {
+                name: [_run(seed, 0.1, 0.1, tokens=float(seed)) for seed in cfg.seed_list] for name in REMEDIES}
 
-    monkeypatch.setattr(driver, "run_all_rl", fake_run_all_rl)
     main = {"oversft": [_run(s, 0.2, 0.1) for s in cfg.seed_list],
             REFERENCE: [_run(s, 0.5, 0.3, tokens=700.0 + s) for s in cfg.seed_list]}
-    table = driver.run_baselines(cfg, None, Path("/w/oversft"), main, None, tmp_path, Run(None), False)
+    table = driver.run_baselines(cfg, Runner(), Path("/w/oversft"), main, tmp_path, False)
     assert [(s.row, s.seed) for s in seen] == [(n, seed) for seed in cfg.seed_list for n in REMEDIES]
     for s in seen:
         assert s.model == Path("/w/oversft")

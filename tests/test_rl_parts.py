@@ -94,6 +94,52 @@ def test_learner_micro_batches_accumulate_to_the_full_batch_step(make_pair):
         torch.testing.assert_close(weights[3][k], weights[8][k], rtol=0, atol=1e-6)
 
 
+def test_trimmed_drops_only_columns_that_are_padding_in_every_row():
+    from rayrejuv.models.rollout import Rollout
+
+    a = _rollout(2, 3, 4, 0)
+    a.completion_mask[:, 3:] = 0  # no row uses the last completion column
+    b = _rollout(2, 6, 6, 1)
+    c = Rollout.cat([a, b], pad_id=0)
+    c.ref_logprobs = -torch.rand(4, 6)
+    t = c.select(slice(0, 2)).trimmed()
+    assert t.prompt_ids.shape == (2, 3) and t.completion_ids.shape == (2, 3)
+    assert torch.equal(t.prompt_ids, a.prompt_ids) and torch.equal(t.completion_mask, a.completion_mask[:, :3])
+    assert torch.equal(t.ref_logprobs, c.ref_logprobs[:2, :3]) and torch.equal(t.logprobs, a.logprobs[:, :3])
+    whole = c.trimmed()
+    assert whole.prompt_ids.shape == c.prompt_ids.shape and whole.completion_ids.shape == c.completion_ids.shape
+
+
+def test_trimmed_micro_batches_take_the_whole_batch_step(make_pair):
+    """Groups of different prompt and completion lengths: micro-batches of one group (each trimmed
+    to its own widths) give the step, and the metrics, of one micro-batch of the whole padded batch."""
+    from transformers import AutoModelForCausalLM
+
+    from rayrejuv.config.rl import GRPOConfig, LearnerConfig
+    from rayrejuv.distributed.learner import Learner
+    from rayrejuv.models.rollout import Rollout
+
+    _, sft = make_pair("qwen3")
+    parts = [_rollout(2, P, T, seed, group=torch.tensor([0, 0])) for seed, (P, T) in enumerate([(3, 6), (7, 2),
+                                                                                                  (5, 4), (2, 5)])]
+    for p in parts:
+        p.completion_mask[1, -1:] = 0  # a shorter second completion
+    batch = Rollout.cat(parts, pad_id=0)
+    batch.advantages = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    for micro in (8, 2):
+        model = AutoModelForCausalLM.from_pretrained(sft)
+        learner = Learner(model, GRPOConfig(micro_batch_size=micro, beta=0.0, prompts_per_step=4, group_size=2),
+                          LearnerConfig(gradient_checkpointing=False), torch.device("cpu"))
+        learner.engine.opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        runs[micro] = learner.update(batch), learner.weights()
+    (whole, w_whole), (trim, w_trim) = runs[8], runs[2]
+    for k in ("policy/entropy", "rollout/logprob_abs_diff", "policy/grad_norm", "policy/pg_loss"):
+        assert trim[k] == pytest.approx(whole[k], rel=1e-5, abs=1e-7), k
+    for k in w_whole:
+        torch.testing.assert_close(w_trim[k], w_whole[k], rtol=0, atol=1e-6)
+
+
 def test_one_update_per_batch_needs_no_old_policy_pass_and_takes_the_same_step(make_pair, monkeypatch):
     """updates_per_batch 1, minibatches 1: `old` is the training forward's log-probs, detached (no
     scoring pass); the step, the entropy and the rollout log-prob gap equal those of the scoring

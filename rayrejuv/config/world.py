@@ -73,6 +73,11 @@ class WorldTrainConfig(Config):
     )
     sft_lr: float = Field(3e-4, gt=0, description="SFT learning rate (constant, no warmup, no weight decay)")
     sft_batch_size: int = Field(32, ge=1, description="SFT batch size")
+    micro_batches: int = Field(
+        1, ge=1, description="micro-batches per step of pre-training and SFT: a step's rows sorted by length, cut in "
+        "this many runs, each padded to its own longest, gradients accumulated (the same step with less padding; "
+        "the floats differ, so a world built with another count is another world)"
+    )
 
     @model_validator(mode="after")
     def _ladder_sorted(self) -> WorldTrainConfig:

@@ -266,7 +266,8 @@ class Learner:
 
     def _micro(self, batch: Rollout) -> list[Rollout]:
         m = self.cfg.micro_batch_size
-        return [batch.select(slice(i, i + m)).to(self.device) for i in range(0, len(batch), m)]
+        # each trimmed to its own widths (a micro-batch of one group pads to its own prompt): (n, P_i), (n, T_i)
+        return [batch.select(slice(i, i + m)).trimmed().to(self.device) for i in range(0, len(batch), m)]
 
     @torch.no_grad()
     def score(self, batch: Rollout) -> tuple[torch.Tensor, Meter]:
@@ -321,7 +322,7 @@ class Learner:
                     _sampled_stats(micro, logp.detach(), entropy.detach(), meter)
                 loss, stats = grpo_loss(
                     logp,
-                    logp.detach() if mb_old is None else mb_old[start : start + n].to(self.device),
+                    logp.detach() if mb_old is None else mb_old[start : start + n, : logp.shape[1]].to(self.device),
                     micro.advantages.to(logp),
                     micro.completion_mask,
                     epsilon=g.epsilon,

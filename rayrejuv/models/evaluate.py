@@ -156,15 +156,18 @@ def greedy_pass_at_1(
 
 def score_checkpoint(
     model_dir, splits: dict[str, list[dict]], entropy_rows: list[dict], max_new_tokens: int,
-    chat_template: ChatTemplate, role: str = "evaluated",
+    chat_template: ChatTemplate, role: str = "evaluated", batch_size: int = 256,
 ) -> dict[str, float]:  # fmt: skip
     """Greedy pass@1 on each named split, and the mean teacher-forced token entropy on
-    `entropy_rows` (prompt/response): the numbers of the demo's table, for one checkpoint."""
+    `entropy_rows` (prompt/response): the numbers of the demo's table, for one checkpoint.
+    `batch_size` prompts per generate (the demo's 200-prompt splits in one: measured on one core,
+    4.1 s for both splits vs 5.5 s in batches of 64, the same scores)."""
     from rayrejuv.io.checkpoint import Checkpoint
     from rayrejuv.models.loading import load_model, load_tokenizer
 
     ckpt = Checkpoint(model_dir, role=role)
     model, tok = load_model(ckpt, torch.float32, torch.device("cpu")), load_tokenizer(ckpt)
-    scores = {name: greedy_pass_at_1(model, tok, rows, max_new_tokens, chat_template) for name, rows in splits.items()}
+    scores = {name: greedy_pass_at_1(model, tok, rows, max_new_tokens, chat_template, batch_size)
+              for name, rows in splits.items()}
     scores["entropy"] = teacher_forced_stats(model, tok, entropy_rows, chat_template)["entropy"]
     return scores

@@ -68,6 +68,20 @@ class Rollout:
             out[f.name] = v
         return Rollout(**out)
 
+    def trimmed(self) -> Rollout:
+        """Without the columns that are padding in every row (the prompts' leading ones, the
+        completions' trailing ones): a micro-batch of a few groups pads to its own longest prompt
+        and completion, not the batch's. Positions count from each row's first real token
+        (teacher_forced_inputs), so nothing a row computes changes."""
+        first = int(self.prompt_mask.any(0).long().argmax())  # (P,) -> the first column any row uses
+        used = self.completion_mask.any(0).nonzero()  # (k, 1)
+        T = int(used.max()) + 1 if len(used) else 1
+        per_token = {name: getattr(self, name)[:, :T] for name in ("completion_ids", "completion_mask", "logprobs")}
+        if self.ref_logprobs is not None:
+            per_token["ref_logprobs"] = self.ref_logprobs[:, :T]
+        return replace(self, prompt_ids=self.prompt_ids[:, first:], prompt_mask=self.prompt_mask[:, first:],
+                       **per_token)
+
     def to(self, device: torch.device | str) -> Rollout:
         return replace(
             self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)

@@ -1,9 +1,11 @@
 """`rayrejuv demo`: the paper's ablation in miniature, on one local Ray instance (or a cluster).
 
     world  = build or reuse the tiny testbed (base + SFT ladder)
-    diagnose(ModSFT, OverSFT)                       entropy, pass@1, pass@k, drift, verdicts
     fusion       = rejuvenate(OverSFT, fusion only)
     rejuvenation = rejuvenate(OverSFT, fusion + targeted reset)
+    start the RL worker pools                       they get ready while the next two phases run
+    diagnose(ModSFT, OverSFT)                       entropy, pass@1, pass@k, drift, verdicts
+    score the four starts                           pass@1 in and out of distribution, entropy
     for start in (ModSFT, OverSFT, fusion, rejuvenation), for seed in seeds:
         GRPO(start, seed) with one recipe, then greedy pass@1 in and out of distribution
     table (mean and spread over seeds), findings, figures -> OUT; every phase an MLflow child run
@@ -65,22 +67,26 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
         parent.log_params(cfg.model_dump(mode="json"))
         with phase("testbed"):
             build_world(cfg, world, parent.child(cfg.tracking, "testbed"), progress, log)
-        with phase("diagnose"):
-            diagnosis = diagnose_rungs(cfg, world, out / "diagnose", parent.child(cfg.tracking, "diagnose"), progress)
         with phase("rejuvenate"):
             starts = {"modsft": world.sft(cfg.rungs.modsft_epoch), "oversft": world.sft(cfg.rungs.oversft_epoch)}
             starts |= rejuvenate_oversft(cfg, world, out, parent, progress)
         evals = EvalSets.of(cfg, world)
-        with phase("evaluate before RL"):
-            before = evaluate_starts(starts, evals, cfg)
         specs = [RunSpec(start, starts[start], seed, cfg.rl.grpo) for seed in cfg.seed_list for start in STARTS]
-        with phase("RL"), run_lines(rl_lines(out / "rl", specs, LABELS, cfg.rl.steps), progress):
-            per_seed = run_all_rl(cfg, world, specs, evals, out / "rl", parent, False)  # the lines show the runs
+        # the RL workers start now (they hold the CPUs the rejuvenation's actors needed) and get ready
+        # while the diagnosis and the evaluation run
+        with rl_runner(cfg, world, evals, out / "rl", parent, specs[0]) as runner:
+            with phase("diagnose"):
+                diagnosis = diagnose_rungs(cfg, world, out / "diagnose", parent.child(cfg.tracking, "diagnose"),
+                                           progress)
+            with phase("evaluate before RL"):
+                before = evaluate_starts(starts, evals, cfg)
+            with phase("RL"), run_lines(rl_lines(out / "rl", specs, LABELS, cfg.rl.steps), progress):
+                per_seed = runner.run(specs)  # the lines show the runs
+            remedies = None
+            if cfg.baselines:
+                with phase("baselines"):
+                    remedies = run_baselines(cfg, runner, starts["oversft"], per_seed, out, progress)
         table = aggregate(cfg.seed_list, before, per_seed, evals.id_name, evals.ood_name)
-        remedies = None
-        if cfg.baselines:
-            with phase("baselines"):
-                remedies = run_baselines(cfg, world, starts["oversft"], per_seed, evals, out, parent, progress)
         results = DemoResults(table, diagnosis.verdicts(), timings_s={k: round(v, 1) for k, v in timer.seconds.items()},
                               wall_s=round(time.perf_counter() - t0, 1), out=str(out), baselines=remedies)
         publish(results, parent)
@@ -201,7 +207,7 @@ def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -
     """Greedy pass@1 (ID, OOD) and entropy of every start, as parallel Ray tasks."""
     import ray
 
-    task = ray.remote(num_cpus=1)(_score)
+    task = ray.remote(num_cpus=0)(_score)  # the RL pools, started, hold the CPUs; one thread each
     refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens, cfg.rejuvenation.chat_template)
             for s, p in starts.items()}
     scores = {s: ray.get(r) for s, r in refs.items()}
@@ -296,64 +302,106 @@ class RunDriver:
     """A process that drives the demo's RL runs one after another (_rl_and_score: run_rl on the
     pools, then the scores); long-lived, so a run does not wait for a process to start and import."""
 
+    def __init__(self) -> None:
+        # what a run imports (the tokenizer's library, the tracking client, the curves' plots), paid
+        # here while the pools start rather than by the first runs (measured: 22 s of a first run's 52 s)
+        import matplotlib.pyplot  # noqa: F401
+        import mlflow  # noqa: F401
+        import transformers  # noqa: F401
+
+        import rayrejuv.commands.rl.driver  # noqa: F401
+        import rayrejuv.commands.rl.report  # noqa: F401
+        import rayrejuv.models.evaluate  # noqa: F401
+
     def run(self, rl_json: dict, evals: EvalSets, max_new_tokens: int, pool) -> SeedRun:
         return _rl_and_score(rl_json, evals, max_new_tokens, pool)
 
 
-def run_all_rl(cfg: DemoConfig, world, specs: list[RunSpec], evals: EvalSets, directory: Path,
-               parent: Run, progress: bool) -> dict[str, list[SeedRun]]:
-    """Every run of `specs`, in order, on `rl.concurrent` worker pools (commands/rl/pool.py: rollout
-    actors, reference and a Ray Train learner started once, each serving the next run of one queue),
-    each run driven by a RunDriver (its directory, MLflow child run, sink) that then scores its final
-    checkpoint, one more than the pools: a run waits in the queue while another is scored. Results
-    per row, sorted by seed."""
-    import ray
-    from tqdm.auto import tqdm
+class RLRunner:
+    """The demo's RL workers: `rl.concurrent` worker pools (commands/rl/pool.py: rollout actors,
+    reference and a Ray Train learner started once, each serving the next run of one queue), and
+    one RunDriver more than the pools (its run's directory, MLflow child run and sink; then the
+    scores of its final checkpoint): a run waits in the queue while another is scored.
 
-    from rayrejuv.commands.rl.driver import resolve_dtypes
-    from rayrejuv.commands.rl.pool import Pools
+    Started before the RL phase (rl_runner): what their start-up waits for (processes, imports,
+    Ray Train's worker group) overlaps the diagnosis and the evaluation; the RL phase and the
+    baselines then run on the same warm pools."""
 
-    fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))  # pools the cluster holds
-    pools = Pools(max(1, min(cfg.rl.concurrent, fits)), directory / "pools")
-    idle = [ray.remote(num_cpus=0)(RunDriver).remote() for _ in range(pools.count + 1)]  # the pools' workers
-    # hold the CPUs
-    todo = list(specs)
-    running: dict = {}
-    done: dict[str, list[SeedRun]] = {s.row: [] for s in specs}
-    bar = tqdm(total=len(todo), desc="RL runs", unit="run", disable=not progress)
-    while todo or running:
-        while todo and idle:
-            spec, driver = todo.pop(0), idle.pop()
-            rcfg = rl_config(cfg, world, spec.model, spec.seed, directory / spec.row / f"seed-{spec.seed}",
-                             parent.child(cfg.tracking, f"rl:{spec.row}:seed-{spec.seed}"), spec.grpo,
-                             spec.token_budget)
-            queue = pools.queue_for(resolve_dtypes(rcfg))
-            running[driver.run.remote(rcfg.model_dump(mode="json"), evals, cfg.eval.max_new_tokens, queue)] = (
-                spec.row, driver)
-        ready, _ = ray.wait([*running, *pools.tasks], num_returns=1)
-        for ref in ready:
-            if ref not in running:  # a pool ended while runs were left: its error (a fit that failed)
-                ray.get(ref)
-                raise RuntimeError("an RL worker pool stopped before the demo's runs were done")
-            start, driver = running.pop(ref)
-            done[start].append(ray.get(ref))
-            idle.append(driver)
-            bar.update(1)
-    bar.close()
-    pools.close()
-    return {s: sorted(runs, key=lambda r: r.seed) for s, runs in done.items()}
+    def __init__(self, cfg: DemoConfig, world, evals: EvalSets, directory: Path, parent: Run, first: RunSpec):
+        import ray
+
+        from rayrejuv.commands.rl.pool import Pools
+
+        self.cfg, self.world, self.evals, self.directory, self.parent = cfg, world, evals, directory, parent
+        fits = int(ray.cluster_resources().get("CPU", 0) // rl_cpu_demand(cfg, world))  # pools the cluster holds
+        self.pools = Pools(max(1, min(cfg.rl.concurrent, fits)), directory / "pools")
+        # the drivers hold no CPU: the pools' workers hold them
+        self.drivers = [ray.remote(num_cpus=0)(RunDriver).remote() for _ in range(self.pools.count + 1)]
+        self._queue(self._config(first))  # the pools of the runs' key start now
+
+    def _config(self, spec: RunSpec):
+        return rl_config(self.cfg, self.world, spec.model, spec.seed, self.directory / spec.row / f"seed-{spec.seed}",
+                         self.parent.child(self.cfg.tracking, f"rl:{spec.row}:seed-{spec.seed}"), spec.grpo,
+                         spec.token_budget)
+
+    def _queue(self, rcfg):
+        from rayrejuv.commands.rl.driver import resolve_dtypes
+
+        return self.pools.queue_for(resolve_dtypes(rcfg))
+
+    def run(self, specs: list[RunSpec]) -> dict[str, list[SeedRun]]:
+        """Every run of `specs`, in order, each on the first free pool; results per row, sorted by seed."""
+        import ray
+
+        todo, idle, running = list(specs), list(self.drivers), {}
+        done: dict[str, list[SeedRun]] = {s.row: [] for s in specs}
+        while todo or running:
+            while todo and idle:
+                spec, driver = todo.pop(0), idle.pop()
+                rcfg = self._config(spec)
+                ref = driver.run.remote(rcfg.model_dump(mode="json"), self.evals, self.cfg.eval.max_new_tokens,
+                                        self._queue(rcfg))
+                running[ref] = (spec.row, driver)
+            ready, _ = ray.wait([*running, *self.pools.tasks], num_returns=1)
+            for ref in ready:
+                if ref not in running:  # a pool ended while runs were left: its error (a fit that failed)
+                    ray.get(ref)
+                    raise RuntimeError("an RL worker pool stopped before the demo's runs were done")
+                row, driver = running.pop(ref)
+                done[row].append(ray.get(ref))
+                idle.append(driver)
+        return {row: sorted(runs, key=lambda r: r.seed) for row, runs in done.items()}
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            self.pools.close()
+        finally:
+            for driver in self.drivers:
+                ray.kill(driver)
 
 
-def run_baselines(cfg: DemoConfig, world, oversft: Path, per_seed: dict[str, list[SeedRun]], evals: EvalSets,
-                  out: Path, parent: Run, progress: bool) -> BaselineTable:
-    """GRPO from OverSFT with each RL-side remedy (baselines.REMEDIES) on the main runs' seeds, and
-    the comparison with OverSFT and Rejuvenation's runs of the RL phase."""
+@contextmanager
+def rl_runner(cfg: DemoConfig, world, evals: EvalSets, directory: Path, parent: Run, first: RunSpec):
+    """RLRunner, started now and closed on exit."""
+    runner = RLRunner(cfg, world, evals, directory, parent, first)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def run_baselines(cfg: DemoConfig, runner: RLRunner, oversft: Path, per_seed: dict[str, list[SeedRun]], out: Path,
+                  progress: bool) -> BaselineTable:
+    """GRPO from OverSFT with each RL-side remedy (baselines.REMEDIES) on the main runs' seeds and
+    the RL phase's pools, and the comparison with OverSFT and Rejuvenation's runs of the RL phase."""
     specs = [RunSpec(name, oversft, seed, GRPOConfig.model_validate(cfg.rl.grpo.model_dump() | remedy.grpo),
                      token_budget(remedy, seed, per_seed))
              for seed in cfg.seed_list for name, remedy in REMEDIES.items()]
     labels = LABELS | {name: r.label for name, r in REMEDIES.items()}
     with run_lines(rl_lines(out / "rl", specs, labels, cfg.rl.steps), progress):
-        runs = run_all_rl(cfg, world, specs, evals, out / "rl", parent, False)
+        runs = runner.run(specs)
     rows = {"oversft": per_seed["oversft"]} | runs | {REFERENCE: per_seed[REFERENCE]}
     return compare(cfg.seed_list, labels, rows)
 

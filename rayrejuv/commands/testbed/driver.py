@@ -220,6 +220,7 @@ def ensure_base(layout: WorldLayout, cfg: TinyWorldConfig, tok, progress: bool, 
         desc="pre-train base",
         progress=progress,
         on_step=log,
+        micro_batch_count=t.micro_batches,
     )
     save_checkpoint(model, tok, layout.base)
     return losses
@@ -268,6 +269,7 @@ def ensure_ladder(layout: WorldLayout, cfg: TinyWorldConfig, tok, sft_rows, prog
         start_step=start,
         optimizer_state=opt_state,
         on_step=snapshot,
+        micro_batch_count=t.micro_batches,
     )
     return losses_at
 
