@@ -171,7 +171,7 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     g = cfg.rl.grpo
     assert (g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature, g.max_new_tokens, g.micro_batch_size) == (
         8, 8, 3e-5, 0.0, 1.0, 48, 8)
-    assert w.train.micro_batches == 3 and not cfg.rl.learner.gradient_checkpointing
+    assert w.train.micro_batches == 1 and not cfg.rl.learner.gradient_checkpointing
     # a partial learner section keeps the recipe's other fields (no checkpointing)
     assert DemoConfig.model_validate({"rl": {"learner": {"workers": 1}}}).rl.learner == cfg.rl.learner
     r = cfg.rejuvenation

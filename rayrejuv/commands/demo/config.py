@@ -29,12 +29,12 @@ from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldSpec, W
 # ladder to 64 epochs (OverSFT: its entropy 0.008, 56% of its GRPO groups without variance), RL on the
 # same templates with numbers <= 30 (the base's range, the `hard` split): OverSFT is at 0.73 there
 # before RL, so RL has room above it.
-# Each training step in 3 length-sorted micro-batches: the same steps with less padding (pre-training
-# 0.37-0.46 s per step instead of 0.51-0.55 on 2 cores; tests/test_world_train.py: the same step).
+# One padded batch per training step (world.train.micro_batches 1): 3 length-sorted micro-batches
+# train the same steps 25-30% faster, but their floats build another world, and on it OverSFT is not
+# rigid under RL (docs/testbed.md, "Faster steps", session 13: it gains more than ModSFT on 3 of 3 seeds).
 WORLD_RECIPE = WorldSpec(model=TinyModelConfig(intermediate_size=256, num_layers=3),
                          data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200),
-                         train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[*WorldTrainConfig().sft_epochs, 64],
-                                                micro_batches=3))
+                         train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[*WorldTrainConfig().sft_epochs, 64]))
 REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
 # A learner micro-batch is one group (its rows share a prompt: it pads to its own prompt and longest
 # completion, Rollout.trimmed); the tiny model's activations are small, so no gradient checkpointing.

@@ -1,0 +1,113 @@
+"""The demo's two training steps, its recipe against session 12's, in one run.
+
+1. A pre-training step of the demo's world (the world's own texts, batch 64, 2 torch threads):
+   `micro_batches` 3 (length-sorted micro-batches, each padded to its own longest) vs 1 (one batch
+   padded to its longest row).
+2. A GRPO learner update (the demo's model shape, 8 prompts x 8 samples with the world's prompt
+   lengths and ragged completions, one torch thread: a demo RL run holds one core): one group per
+   micro-batch, trimmed to its own widths, without gradient checkpointing (the demo's recipe) vs
+   the whole batch in one micro-batch with checkpointing (session 12's).
+
+Both pairs compute the same step (tests/test_world_train.py, tests/test_rl_parts.py); the ratio
+is time(ours) / time(peer), medians over repeats, interleaved so drift hits both alike.
+
+    .venv/bin/python benchmarks/bench_demo_steps.py [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from rayrejuv.commands.demo.config import WORLD_RECIPE
+from rayrejuv.commands.testbed.config import TinyWorldConfig
+from rayrejuv.commands.testbed.driver import _new_model, _pretraining_rows
+from rayrejuv.config.rl import LearnerConfig
+from rayrejuv.data.calibration import tokenize_pairs
+from rayrejuv.distributed.learner import Learner
+from rayrejuv.models.rollout import Rollout, left_pad
+from rayrejuv.testbed.tokenizer import build_char_tokenizer
+from rayrejuv.testbed.train import batch_order, micro_batches, response_loss
+
+
+def pretrain_step_seconds(count: int, steps: list[list], model, opt, pad_id: int) -> float:
+    t0 = time.perf_counter()
+    for rows in steps:
+        micros = micro_batches(rows, count, pad_id)
+        num_tokens = None if count == 1 else sum(int(m.response_mask.sum()) for m in micros)
+        opt.zero_grad(set_to_none=True)
+        for m in micros:
+            response_loss(model, m, num_tokens).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / len(steps)
+
+
+def rollout(tok, prompt_lengths: list[int], group: int) -> Rollout:
+    """8 prompts of the given lengths x `group` completions of 20-45 tokens (EOS-terminated, padded to 48)."""
+    rng = random.Random(0)
+    ids, mask = left_pad([[rng.randrange(3, len(tok)) for _ in range(n)] for n in prompt_lengths], tok.pad_token_id)
+    N, T = len(prompt_lengths) * group, 48
+    completion = torch.full((N, T), tok.pad_token_id)
+    completion_mask = torch.zeros(N, T, dtype=torch.long)
+    for i in range(N):
+        n = rng.randint(20, 45)
+        completion[i, :n] = torch.tensor([rng.randrange(3, len(tok)) for _ in range(n)])
+        completion_mask[i, :n] = 1
+    b = Rollout(prompt_ids=ids.repeat_interleave(group, 0), prompt_mask=mask.repeat_interleave(group, 0),
+                completion_ids=completion, completion_mask=completion_mask,
+                logprobs=-torch.rand(N, T) * completion_mask, texts=[""] * N, group=torch.arange(N) // group)
+    b.advantages = torch.randn(N, generator=torch.Generator().manual_seed(0))
+    return b
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    world = TinyWorldConfig(**WORLD_RECIPE.model_dump())
+    tok = build_char_tokenizer()
+
+    torch.set_num_threads(2)  # as the world build (testbed.driver.WORLD_THREADS)
+    examples = tokenize_pairs(tok, _pretraining_rows(world), 1 << 16, "auto")
+    t = world.train
+    order = batch_order(len(examples), 2 * args.repeats, t.pretrain_batch_size, world.seed)
+    model = _new_model(world, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.pretrain_lr, weight_decay=0.0)
+    times: dict[int, list[float]] = {t.micro_batches: [], 1: []}
+    for r in range(args.repeats):
+        steps = [[examples[i] for i in order[s]] for s in (2 * r, 2 * r + 1)]
+        for count in times:  # interleaved: ours, then the peer, on the same two batches
+            times[count].append(pretrain_step_seconds(count, steps, model, opt, tok.pad_token_id))
+    ours, peer = (statistics.median(times[k]) for k in (t.micro_batches, 1))
+    print(f"pre-training step: micro_batches {t.micro_batches} (ours) {ours:.3f} s; 1 (peer) {peer:.3f} s; "
+          f"ratio ours/peer {ours / peer:.2f}")
+
+    torch.set_num_threads(1)  # a demo RL run's learner holds one core
+    from rayrejuv.commands.demo.config import GRPO_RECIPE, LEARNER_RECIPE
+
+    g = GRPO_RECIPE
+    b = rollout(tok, [70, 73, 71, 73, 89, 89, 81, 84], g.group_size)  # the world's `hard` prompts, rendered
+    learners = {}
+    for name, micro, checkpointing in (("ours", g.micro_batch_size, LEARNER_RECIPE.gradient_checkpointing),
+                                       ("peer", len(b), True)):
+        grpo = g.model_copy(update={"micro_batch_size": micro})
+        learners[name] = Learner(_new_model(world, tok), grpo, LearnerConfig(gradient_checkpointing=checkpointing),
+                                 torch.device("cpu"))
+        learners[name].update(b)  # warm-up
+    updates: dict[str, list[float]] = {name: [] for name in learners}
+    for _ in range(args.repeats):
+        for name, learner in learners.items():
+            t0 = time.perf_counter()
+            learner.update(b)
+            updates[name].append(time.perf_counter() - t0)
+    ours, peer = (statistics.median(updates[k]) for k in ("ours", "peer"))
+    print(f"GRPO update: one group per trimmed micro-batch, no checkpointing (ours) {ours:.3f} s; whole batch, "
+          f"checkpointing (peer) {peer:.3f} s; ratio ours/peer {ours / peer:.2f}")
+
+
+if __name__ == "__main__":
+    main()
