@@ -1,8 +1,9 @@
 """The demo's two training steps, its recipe against session 12's, in one run.
 
 1. A pre-training step of the demo's world (the world's own texts, batch 64, 2 torch threads):
-   `micro_batches` 3 (length-sorted micro-batches, each padded to its own longest) vs 1 (one batch
-   padded to its longest row).
+   `world.train.micro_batches` 3 (length-sorted micro-batches, each padded to its own longest;
+   jobs/demo/micro-batched-world.yaml) vs 1 (one batch padded to its longest row: the default, whose
+   floats the demo's findings were measured on).
 2. A GRPO learner update (the demo's model shape, 8 prompts x 8 samples with the world's prompt
    lengths and ragged completions, one torch thread: a demo RL run holds one core): one group per
    micro-batch, trimmed to its own widths, without gradient checkpointing (the demo's recipe) vs
@@ -32,6 +33,8 @@ from rayrejuv.distributed.learner import Learner
 from rayrejuv.models.rollout import Rollout, left_pad
 from rayrejuv.testbed.tokenizer import build_char_tokenizer
 from rayrejuv.testbed.train import batch_order, micro_batches, response_loss
+
+MICRO_BATCHES = 3  # jobs/demo/micro-batched-world.yaml
 
 
 def pretrain_step_seconds(count: int, steps: list[list], model, opt, pad_id: int) -> float:
@@ -77,13 +80,13 @@ def main() -> None:
     order = batch_order(len(examples), 2 * args.repeats, t.pretrain_batch_size, world.seed)
     model = _new_model(world, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=t.pretrain_lr, weight_decay=0.0)
-    times: dict[int, list[float]] = {t.micro_batches: [], 1: []}
+    times: dict[int, list[float]] = {MICRO_BATCHES: [], 1: []}
     for r in range(args.repeats):
         steps = [[examples[i] for i in order[s]] for s in (2 * r, 2 * r + 1)]
         for count in times:  # interleaved: ours, then the peer, on the same two batches
             times[count].append(pretrain_step_seconds(count, steps, model, opt, tok.pad_token_id))
-    ours, peer = (statistics.median(times[k]) for k in (t.micro_batches, 1))
-    print(f"pre-training step: micro_batches {t.micro_batches} (ours) {ours:.3f} s; 1 (peer) {peer:.3f} s; "
+    ours, peer = (statistics.median(times[k]) for k in (MICRO_BATCHES, 1))
+    print(f"pre-training step: micro_batches {MICRO_BATCHES} (ours) {ours:.3f} s; 1 (peer) {peer:.3f} s; "
           f"ratio ours/peer {ours / peer:.2f}")
 
     torch.set_num_threads(1)  # a demo RL run's learner holds one core
