@@ -56,6 +56,19 @@ def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -
     return [order[s * batch_size : (s + 1) * batch_size] for s in range(num_steps)]
 
 
+def train_step(model, opt: torch.optim.Optimizer, micros: list[CalibrationBatch]) -> float:
+    """One optimizer step on one step's micro-batches; returns the step's mean response loss."""
+    num_tokens = None if len(micros) == 1 else sum(int(m.response_mask.sum()) for m in micros)
+    opt.zero_grad(set_to_none=True)
+    loss = 0.0
+    for micro in micros:
+        part = response_loss(model, micro, num_tokens)
+        part.backward()
+        loss += part.item()
+    opt.step()
+    return loss
+
+
 def train_pairs(
     model,
     tokenizer,
@@ -96,15 +109,7 @@ def train_pairs(
         for group in opt.param_groups:
             group["lr"] = lr_at(lr, step, n_steps, lr_schedule)
         micros = micro_batches([examples[i] for i in order[step]], micro_batch_count, tokenizer.pad_token_id)
-        num_tokens = None if len(micros) == 1 else sum(int(m.response_mask.sum()) for m in micros)
-        opt.zero_grad(set_to_none=True)
-        loss = 0.0
-        for micro in micros:
-            part = response_loss(model, micro, num_tokens)
-            part.backward()
-            loss += part.item()
-        opt.step()
-        losses.append(loss)
+        losses.append(train_step(model, opt, micros))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if on_step is not None:
