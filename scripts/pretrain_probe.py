@@ -65,4 +65,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rayrejuv.runs.kernels import pin_cpu_kernels
+
+    pin_cpu_kernels()  # as the CLI: the same bits as the demo's on every x86-64 machine
     main()

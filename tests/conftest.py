@@ -3,7 +3,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from rayrejuv.runs.kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # as the CLI does, before torch's first kernel: the same bits on every x86-64 machine
+import torch  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)

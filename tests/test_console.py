@@ -90,6 +90,7 @@ def test_ray_session_puts_ray_and_worker_output_into_files_under_out(tmp_path, c
     import ray._private.worker as ray_worker
 
     from rayrejuv.runs.cluster import ray_session
+    from rayrejuv.runs.kernels import cpu_kernels, kernel_env
 
     logs = tmp_path / "out" / "logs"
     ray_logger, resort, printer = logging.getLogger("ray"), logging.lastResort, ray_worker.print_to_stdstream
@@ -106,8 +107,17 @@ def test_ray_session_puts_ray_and_worker_output_into_files_under_out(tmp_path, c
         def speak(self):
             print("actor says hello")
 
+    @ray.remote(num_cpus=0)
+    def kernels():
+        from rayrejuv.runs.kernels import cpu_kernels
+
+        return cpu_kernels()
+
     with pytest.raises(RuntimeError, match="the run failed"), ray_session(None, 1, logs):
         ray.get(noisy.remote())
+        # every worker of the job (of a cluster's other machines too) runs the driver's pinned kernels
+        assert ray.get_runtime_context().runtime_env["env_vars"] == kernel_env() != {}
+        assert ray.get(kernels.remote()) == cpu_kernels() == "AVX2/mkl:AVX2"
         actor = Loud.options(name="loud").remote()
         ray.get(actor.speak.remote())
         logging.getLogger("ray.train.v2._internal.test").warning("Failed to query Ray Train Controller actor state.")

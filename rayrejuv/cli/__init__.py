@@ -20,6 +20,7 @@ from rayrejuv.commands.rl.config import RLConfig
 from rayrejuv.commands.testbed.config import RealFixtureConfig, TinyWorldConfig
 from rayrejuv.commands.tune.config import TuneConfig
 from rayrejuv.errors import RejuvError
+from rayrejuv.runs.kernels import pin_cpu_kernels
 
 TRACKING = {"--tracking-uri": "tracking.uri", "--track/--no-track": "tracking.enabled"}
 EXPERIMENT = {"--experiment": "tracking.experiment"}
@@ -151,7 +152,9 @@ for _name, _spec in COMMANDS.items():
 
 
 def main() -> None:
-    """Usage errors are click's (exit 2); a RejuvError is one line on stderr (exit 2)."""
+    """Usage errors are click's (exit 2); a RejuvError is one line on stderr (exit 2). First of all,
+    torch's CPU kernels are pinned (runs.kernels: the same bits on every x86-64 machine)."""
+    pin_cpu_kernels()
     try:
         app()
     except RejuvError as e:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rayrejuv.errors import RejuvError
 from rayrejuv.runs.console import RAY_LOG, WORKERS_LOG, ray_loggers_to, worker_output_to
+from rayrejuv.runs.kernels import kernel_env
 from rayrejuv.runs.resources import local_cpus
 
 AUTH_ENV = "RAY_AUTH_MODE"
@@ -71,7 +72,8 @@ def ray_session(address: str | None, cpu_demand: float = 0.0, logs: Path | None 
 
 
 def _start(ray, address: str | None, cpu_demand: float) -> None:
-    kwargs = {"log_to_driver": True, "configure_logging": False}
+    # the workers run the driver's CPU kernels (runs.kernels), on this machine and on a cluster's others
+    kwargs = {"log_to_driver": True, "configure_logging": False, "runtime_env": {"env_vars": kernel_env()}}
     if address:
         _join(ray, address, kwargs)
     else:

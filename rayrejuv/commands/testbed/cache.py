@@ -2,9 +2,9 @@
 --out, a fresh clone) copies it instead of pre-training the base again (the stronger base's 875
 steps are most of a demo's CPU time on 2 cores).
 
-The key is the world's fingerprint with the torch and transformers versions and WORLD_THREADS:
-the build is bit-identical given those (tests/test_install.py), so a cached world is the world
-the build would make. Writes are atomic (a temporary sibling renamed into place)."""
+The key is the world's fingerprint with the torch and transformers versions, WORLD_THREADS and
+the CPU kernels (runs.kernels): the build is bit-identical given those (tests/test_install.py), so
+a cached world is the world the build would make. Writes are atomic (a temporary sibling renamed into place)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.commands.testbed.driver import MANIFEST, WORLD_THREADS
 from rayrejuv.io.writer import AtomicDir
+from rayrejuv.runs.kernels import cpu_kernels
 
 
 def cached_world(cfg: TinyWorldConfig) -> Path:
@@ -25,7 +26,7 @@ def cached_world(cfg: TinyWorldConfig) -> Path:
     import transformers
 
     key = {"world": cfg.fingerprint(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "threads": WORLD_THREADS}
+           "threads": WORLD_THREADS, "kernels": cpu_kernels()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "rayrejuv" / f"world-{digest}"

@@ -29,6 +29,7 @@ from rayrejuv.commands.testbed.real import build_real_fixture  # noqa: F401  (`t
 from rayrejuv.io.writer import atomic_write_text
 from rayrejuv.models.saving import save_checkpoint, save_state
 from rayrejuv.runs.directory import RunDir, claim_run_dir
+from rayrejuv.runs.kernels import cpu_kernels
 from rayrejuv.runs.resources import set_torch_threads
 from rayrejuv.runs.tracking import tracked_run
 from rayrejuv.testbed import task
@@ -79,6 +80,7 @@ class BuildManifest:
     timings_s: dict[str, float] = field(default_factory=dict)
     pretrain_final_loss: float | None = None  # None until the base is trained
     sft_losses: dict[str, float] | None = None  # ladder epoch -> SFT loss at its checkpoint
+    kernels: str | None = None  # runs.kernels.cpu_kernels() of the build: with another, another world
 
     def finished(self, seconds: dict[str, float], pretrain: list[float], sft: dict[str, float]) -> BuildManifest:
         """After a build: this run's phase times added; the losses of what it trained (the rest kept)."""
@@ -88,6 +90,7 @@ class BuildManifest:
             timings_s={**self.timings_s, **{k: round(v, 2) for k, v in seconds.items()}},
             pretrain_final_loss=pretrain[-1] if pretrain else self.pretrain_final_loss,
             sft_losses=sft or self.sft_losses,
+            kernels=cpu_kernels(),
         )
 
     def to_json(self) -> dict[str, Any]:
