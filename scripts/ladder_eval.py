@@ -44,9 +44,9 @@ def measure(args: tuple) -> dict:
     world, name, rl_split, n_eval, n_sampled, max_new = args
     import torch
 
+    from rayrejuv.data.chat import encode_prompts
     from rayrejuv.method.rewards import is_correct
     from rayrejuv.models.evaluate import generate, greedy_pass_at_1, teacher_forced_stats
-    from rayrejuv.data.chat import encode_prompts
 
     torch.set_num_threads(1)
     t0 = time.time()
