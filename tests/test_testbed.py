@@ -214,7 +214,8 @@ def test_manifest_adds_timings_and_keeps_losses_of_what_was_not_retrained():
         {"data": 1.234, "pretrain": 5.0}, [2.0, 1.5], {"1": 0.5}
     )
     assert first.to_json() == {"config": {"seed": 0}, "complete": True, "timings_s": {"data": 1.23, "pretrain": 5.0},
-                               "pretrain_final_loss": 1.5, "sft_losses": {"1": 0.5}}
+                               "pretrain_final_loss": 1.5, "sft_losses": {"1": 0.5},
+                               "kernels": "AVX2/mkl:AVX2"}  # the kernels it ran on (conftest pins them)
     again = first.finished({"data": 0.111, "sft_ladder": 2.0}, [], {})
     assert again.timings_s == {"data": 0.11, "pretrain": 5.0, "sft_ladder": 2.0}
     assert (again.pretrain_final_loss, again.sft_losses) == (1.5, {"1": 0.5})
