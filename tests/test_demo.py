@@ -32,7 +32,7 @@ def _fake(seeds):
 
 
 def _aggregate(seeds, before, per_seed):
-    return aggregate(seeds, before, per_seed, "hard", "general")
+    return aggregate(seeds, before, per_seed, "hard", "general", 400)
 
 
 def test_aggregate_means_spreads_and_gains_are_exact():
@@ -96,6 +96,7 @@ def test_markdown_table_has_every_start_and_finding():
     assert sum(line.startswith("| OverSFT") or line.startswith("| ModSFT") for line in lines) == 4
     assert "| 0.015 ± 0.007 |" in lines[2]  # ModSFT's ID after: 0.01, 0.02
     assert text.count("**holds**") + text.count("**does not hold**") == 4
+    assert "Each pass@1 is over 400 prompts per split: standard error at most 0.025." in text
 
 
 def test_config_defaults_quick_and_errors(tmp_path):
@@ -160,12 +161,13 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     assert isinstance(cfg.world, WorldSpec)
     w = cfg.world
     assert (w.data.id_steps, w.data.id_max, w.data.sft_examples, w.train.pretrain_epochs) == (3, 15, 200, 2.5)
+    assert w.data.eval_examples == 1000
     assert (w.model.hidden_size, w.model.intermediate_size, w.model.num_layers) == (128, 256, 3)
     assert w.train.sft_epochs == [0.5, 1, 2, 4, 8, 16, 32, 64]
     assert (cfg.rungs.modsft_epoch, cfg.rungs.oversft_epoch) == (2.0, 64.0)
     # a partial world section keeps the demo's world in every field it does not name (a nested merge)
-    partial = DemoConfig.model_validate({"world": {"data": {"eval_examples": 50}, "seed": 3}})
-    assert partial.world == w.model_copy(update={"seed": 3, "data": w.data.model_copy(update={"eval_examples": 50})})
+    partial = DemoConfig.model_validate({"world": {"data": {"eval_examples": 2000}, "seed": 3}})
+    assert partial.world == w.model_copy(update={"seed": 3, "data": w.data.model_copy(update={"eval_examples": 2000})})
     q = validate_config(DemoConfig, QUICK).world
     assert (q.data.id_steps, q.data.id_max, q.data.sft_examples, q.train.pretrain_epochs) == (2, 20, 96, 1.0)
     g = cfg.rl.grpo
@@ -176,8 +178,13 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     assert DemoConfig.model_validate({"rl": {"learner": {"workers": 1}}}).rl.learner == cfg.rl.learner
     r = cfg.rejuvenation
     assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.5, 0.01, 1.0, 8)
-    assert (cfg.rl.steps, cfg.rl.concurrent) == (12, 2)
-    assert (cfg.eval.examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (200, 64, 8)
+    assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
+    assert (cfg.eval.examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (1000, 64, 8)
+    # the demo cannot score more prompts than its world holds
+    with pytest.raises(RejuvError, match=r"eval.examples=1000 is more than the world holds per eval split "
+                                         r"\(world.data.eval_examples=200\): lower eval.examples or raise"):
+        validate_config(DemoConfig, {"world": {"data": {"eval_examples": 200}}})
+    assert validate_config(DemoConfig, {"world": {"data": {"eval_examples": 200}}, "eval": {"examples": 200}})
     # nothing declared twice: the demo's own sections hold no field of the sections they embed
     assert not set(type(cfg.rl).model_fields) & set(GRPOConfig.model_fields)
     assert not set(DemoConfig.model_fields) & set(ResetSearchConfig.model_fields)  # (`seed` is the RL seed)
@@ -253,8 +260,9 @@ def test_results_json_keeps_its_format():
     table = _aggregate([0, 1], before, per_seed)
     results = DemoResults(table, {"epoch-4": "plastic"}, {"testbed": 1.5}, wall_s=3.0, out="/o")
     j = results.to_json()
-    assert list(j) == ["seeds", "rows", "findings", "id_split", "ood_split", "diagnosis", "timings_s", "wall_s",
-                       "baselines"]
+    assert list(j) == ["seeds", "rows", "findings", "id_split", "ood_split", "prompts_per_split", "diagnosis",
+                       "timings_s", "wall_s", "baselines"]
+    assert j["prompts_per_split"] == 400
     assert j["baselines"] is None  # without --baselines
     row = j["rows"]["modsft"]
     assert list(row) == ["id_before", "ood_before", "entropy_before", "per_seed", "id_after", "ood_after", "id_gain",

@@ -132,6 +132,23 @@ def test_three_step_id_task_and_larger_hard_numbers():
     assert task.default_splits(20, 30)["hard"].templates == task.ID_TEMPLATES
 
 
+def test_more_eval_prompts_extend_the_eval_sets_and_change_no_training_data(tmp_path):
+    """The demo scores 1000 prompts per split: a world with more eval_examples must train on the same
+    data (so the same weights) and hold the smaller world's eval sets as its first rows."""
+    from rayrejuv.commands.testbed.driver import write_data
+
+    small = write_data(WorldLayout(tmp_path / "a"), small_config(tmp_path / "a"))
+    wider = small_config(tmp_path / "b", data={**SMALL["data"], "eval_examples": 40})
+    more = write_data(WorldLayout(tmp_path / "b"), wider)
+    assert set(small) == set(more)
+    for name in ("sft", "calibration", "rl_train"):
+        assert more[name] == small[name], name
+    for name in (n for n in small if n.startswith("eval_")):
+        assert len(small[name]) == 12 and len(more[name]) == 40, name
+        assert more[name][:12] == small[name], name
+    assert (tmp_path / "b/data/eval_hard.jsonl").read_text().count("\n") == 40
+
+
 def test_tokenizer_round_trip(tokenizer):
     for r in task.generate(task.default_splits()["ood"], 50, seed=1):
         text = r["prompt"] + r["response"]

@@ -27,13 +27,17 @@ from rayrejuv.config.world import TinyModelConfig, WorldDataConfig, WorldSpec, W
 # MLP 256: half the time per step) pre-trained for 2.5 epochs (547 steps: it solves 0.69 of its own
 # problems, which SFT makes it forget), a 3-step SFT task on numbers <= 15 from 200 examples with a
 # ladder to 64 epochs (OverSFT: its entropy 0.008, 56% of its GRPO groups without variance), RL on the
-# same templates with numbers <= 30 (the base's range, the `hard` split): OverSFT is at 0.73 there
+# same templates with numbers <= 30 (the base's range, the `hard` split): OverSFT is at 0.70 there
 # before RL, so RL has room above it.
 # One padded batch per training step (world.train.micro_batches 1): 3 length-sorted micro-batches
 # train the same steps 25-30% faster, but their floats build another world, and on it OverSFT is not
 # rigid under RL (docs/testbed.md, "Faster steps", session 13: it gains more than ModSFT on 3 of 3 seeds).
+# 1000 held-out prompts per eval split (the world's weights do not depend on it: the eval sets are the
+# tail slices of their pools): the findings are counted per seed, on differences of four pass@1 scores,
+# whose standard error at 200 prompts (0.035-0.050) was as large as the effect (docs/testbed.md,
+# "How many prompts a per-seed finding needs").
 WORLD_RECIPE = WorldSpec(model=TinyModelConfig(intermediate_size=256, num_layers=3),
-                         data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200),
+                         data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200, eval_examples=1000),
                          train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[*WorldTrainConfig().sft_epochs, 64]))
 REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
 # A learner micro-batch is one group (its rows share a prompt: it pads to its own prompt and longest
@@ -70,8 +74,8 @@ class DemoRL(Config):
     """The one GRPO recipe every start gets (same data, prompts, hyperparameters and seeds)."""
 
     steps: int = Field(
-        12, ge=1, description="GRPO steps per run (12: sized for the ten-minute target; at 40 every start saturates "
-        "on `hard`)"
+        40, ge=1, description="GRPO steps per run (40: at 12, OverSFT gains as much as ModSFT on 1000 prompts, "
+        "+0.069 vs +0.070; at 40, +0.151 vs +0.233; docs/testbed.md, \"How many prompts a per-seed finding needs\")"
     )
     concurrent: int = Field(2, ge=1, description="RL runs at a time (each holds about one core on CPU)")
     grpo: Annotated[GRPOConfig, BeforeValidator(_grpo_over_recipe)] = Field(
@@ -85,7 +89,10 @@ class DemoRL(Config):
 
 
 class DemoEval(Config):
-    examples: int = Field(200, ge=1, description="prompts per eval split (greedy pass@1)")
+    examples: int = Field(
+        1000, ge=1, description="prompts per eval split (greedy pass@1; at most world.data.eval_examples): at 1000 "
+        "a seed's pass@1 has a standard error of at most 0.016"
+    )
     max_new_tokens: int = Field(48, ge=1, description="generation length")
     diagnose_k: int = Field(8, ge=1, description="k of the diagnosis' pass@k")
     diagnose_examples: int = Field(
@@ -133,6 +140,12 @@ class DemoConfig(Config):
                     f"rungs.{name}={e:g} is not a saved ladder epoch {ladder}: pick one of them, or add it to "
                     "world.train.sft_epochs"
                 )
+        if self.eval.examples > self.world.data.eval_examples:
+            raise ValueError(
+                f"eval.examples={self.eval.examples} is more than the world holds per eval split "
+                f"(world.data.eval_examples={self.world.data.eval_examples}): lower eval.examples or raise "
+                "world.data.eval_examples (another world directory; its weights are the same)"
+            )
         if not self.rungs.modsft_epoch < self.rungs.oversft_epoch:
             raise ValueError("rungs.modsft_epoch must be smaller than rungs.oversft_epoch")
         if self.rejuvenation.calibration is not None:

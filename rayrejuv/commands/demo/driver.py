@@ -86,7 +86,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
             if cfg.baselines:
                 with phase("baselines"):
                     remedies = run_baselines(cfg, runner, starts["oversft"], per_seed, out, progress)
-        table = aggregate(cfg.seed_list, before, per_seed, evals.id_name, evals.ood_name)
+        table = aggregate(cfg.seed_list, before, per_seed, evals.id_name, evals.ood_name, len(evals.id_rows))
         results = DemoResults(table, diagnosis.verdicts(), timings_s={k: round(v, 1) for k, v in timer.seconds.items()},
                               wall_s=round(time.perf_counter() - t0, 1), out=str(out), baselines=remedies)
         publish(results, parent)

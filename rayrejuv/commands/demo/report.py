@@ -127,6 +127,8 @@ def print_demo_summary(results: DemoResults) -> None:
         t.add_row(LABELS[start], f"{r.entropy_before:.3f}", f"{r.id_before:.3f}", pm["id_after"],
                   pm["id_gain"], f"{r.ood_before:.3f}", pm["ood_after"], pm["ood_gain"])
     c.print(t)
+    se = table.standard_error()
+    c.print(f"  each pass@1 over {table.prompts} prompts per split (standard error at most {se:.3f})")
     _print_findings(c, table.findings, n)
     if results.baselines is not None:
         _print_baselines(c, results.baselines, idn, oodn)

@@ -4,6 +4,7 @@ whose `to_json()` is results.json."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -118,6 +119,12 @@ class DemoTable:
     findings: dict[str, Finding]
     id_split: str
     ood_split: str
+    prompts: int  # held-out prompts per eval split: every pass@1 of the table is a mean over this many
+
+    def standard_error(self) -> float:
+        """Largest binomial standard error of one pass@1 on `prompts` prompts (at p = 0.5): a seed's
+        finding within about twice it is not evidence either way."""
+        return 0.5 / math.sqrt(self.prompts)
 
     def split_labels(self) -> tuple[str, str]:
         """Column names of the two eval splits, e.g. ("ID (hard)", "OOD (general)")."""
@@ -143,6 +150,7 @@ class DemoResults:
             "findings": {name: f.to_json() for name, f in t.findings.items()},
             "id_split": t.id_split,
             "ood_split": t.ood_split,
+            "prompts_per_split": t.prompts,
             "diagnosis": self.diagnosis,
             "timings_s": self.timings_s,
             "wall_s": self.wall_s,
@@ -161,13 +169,14 @@ def start_row(before: StartScores, runs: list[SeedRun]) -> StartRow:
 
 
 def aggregate(seeds: list[int], before: dict[str, StartScores], per_seed: dict[str, list[SeedRun]],
-              id_split: str, ood_split: str) -> DemoTable:
-    """`before[start]`: the start's scores; `per_seed[start]`: one run per seed, in `seeds` order."""
+              id_split: str, ood_split: str, prompts: int) -> DemoTable:
+    """`before[start]`: the start's scores; `per_seed[start]`: one run per seed, in `seeds` order;
+    `prompts`: held-out prompts per eval split."""
     for start in STARTS:
         if [r.seed for r in per_seed[start]] != list(seeds):
             raise ValueError(f"{start}: runs for seeds {[r.seed for r in per_seed[start]]}, expected {list(seeds)}")
     rows = {start: start_row(before[start], per_seed[start]) for start in STARTS}
-    return DemoTable(list(seeds), rows, findings(rows), id_split, ood_split)
+    return DemoTable(list(seeds), rows, findings(rows), id_split, ood_split, prompts)
 
 
 def wins(better: list[float], worse: list[float]) -> int:
@@ -217,7 +226,9 @@ def markdown(table: DemoTable) -> str:
         )
     lines.append("")
     lines.append(f"After-RL columns: mean ± sample std over {n} seed(s) {table.seeds}; before-RL columns are")
-    lines.append("greedy, so seed-free. Findings (decided on the means; seeds: on how many paired seeds it holds):")
+    lines.append(f"greedy, so seed-free. Each pass@1 is over {table.prompts} prompts per split: standard error at most "
+                 f"{table.standard_error():.3f}.")
+    lines.append("Findings (decided on the means; seeds: on how many paired seeds it holds):")
     for name, f in table.findings.items():
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in f.numbers.items())
         head, _, seeds = f.verdict(n).partition(", ")
