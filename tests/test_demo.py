@@ -255,6 +255,38 @@ def test_the_diagnosis_scores_diagnose_examples_prompts_of_eval_id(tmp_path, mon
     assert d.sft == [world.sft(1.0), world.sft(4.0)] and d.base == world.base
 
 
+def test_scores_are_kept_and_reused_only_for_the_same_weights_and_eval_sets(tmp_path, monkeypatch):
+    import rayrejuv.models.evaluate as evaluate
+    from rayrejuv.commands.demo import driver
+
+    calls = []
+
+    def fake_score(model_dir, splits, entropy_rows, max_new_tokens, chat_template):
+        calls.append((model_dir, len(splits["id"])))
+        return {"id": 0.25 * len(calls), "ood": 0.5, "entropy": 0.125}
+
+    monkeypatch.setattr(evaluate, "score_checkpoint", fake_score)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    rows = [{"prompt": f"Q{i}", "answer": str(i), "response": str(i)} for i in range(4)]
+    evals = driver.EvalSets("hard", "general", rows, rows, rows)
+    cache = tmp_path / "scores" / "start.json"
+
+    def score(e=evals, tokens=48):
+        return driver._score(str(model), e, tokens, "auto", cache)
+
+    first = score()
+    assert first == {"id": 0.25, "ood": 0.5, "entropy": 0.125} and len(calls) == 1
+    assert score() == first and len(calls) == 1  # same weights, sets, settings: read back
+    assert score(driver.EvalSets("hard", "general", rows[:3], rows, rows))["id"] == 0.5  # another eval set
+    assert score(tokens=32)["id"] == 0.75  # other generation settings
+    (model / "model.safetensors").write_bytes(b"weights-2")  # other weights (e.g. a run started over)
+    assert score()["id"] == 1.0 and len(calls) == 4
+    assert score()["id"] == 1.0 and len(calls) == 4
+    assert json.loads(cache.read_text())["scores"] == {"id": 1.0, "ood": 0.5, "entropy": 0.125}
+
+
 def test_results_json_keeps_its_format():
     before, per_seed = _fake([0, 1])
     table = _aggregate([0, 1], before, per_seed)

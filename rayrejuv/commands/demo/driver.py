@@ -10,12 +10,14 @@
         GRPO(start, seed) with one recipe, then greedy pass@1 in and out of distribution
     table (mean and spread over seeds), findings, figures -> OUT; every phase an MLflow child run
 
-Re-running with the same OUT resumes: the world, the rejuvenated checkpoints and finished RL
-runs are reused; an interrupted RL run continues from its last Ray Train checkpoint.
+Re-running with the same OUT resumes: the world, the rejuvenated checkpoints, finished RL runs and
+every checkpoint's scores (OUT/scores/, rl/<row>/seed-<s>/scores.json; keyed by the weights and the
+eval sets) are reused; an interrupted RL run continues from its last Ray Train checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -79,7 +81,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, log=print) -> DemoResults:
                 diagnosis = diagnose_rungs(cfg, world, out / "diagnose", parent.child(cfg.tracking, "diagnose"),
                                            progress)
             with phase("evaluate before RL"):
-                before = evaluate_starts(starts, evals, cfg)
+                before = evaluate_starts(starts, evals, cfg, out / "scores")
             with phase("RL"), run_lines(rl_lines(out / "rl", specs, LABELS, cfg.rl.steps), progress):
                 per_seed = runner.run(specs)  # the lines show the runs
             remedies = None
@@ -194,21 +196,44 @@ class EvalSets:
         return {"id": self.id_rows, "ood": self.ood_rows}
 
 
-def _score(model_dir: str, evals: EvalSets, max_new_tokens: int, chat_template: ChatTemplate) -> dict[str, float]:
+def _score(model_dir: str, evals: EvalSets, max_new_tokens: int, chat_template: ChatTemplate,
+           cache: Path) -> dict[str, float]:
+    """The checkpoint's scores, kept in `cache` (JSON) and reused when they were computed for the same
+    weights, eval sets and generation settings: a resumed demo, or `--baselines` after a demo, scores
+    only what is new (1000 prompts per split: ~10 s a checkpoint on one core)."""
+    key = _score_key(Path(model_dir), evals, max_new_tokens, chat_template)
+    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
+        return json.loads(cache.read_text())["scores"]
     import torch
 
     from rayrejuv.models.evaluate import score_checkpoint
 
     torch.set_num_threads(1)  # one core per task: tasks run side by side
-    return score_checkpoint(model_dir, evals.splits(), evals.entropy_rows, max_new_tokens, chat_template)
+    scores = score_checkpoint(model_dir, evals.splits(), evals.entropy_rows, max_new_tokens, chat_template)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"key": key, "scores": scores}, indent=1))
+    return scores
 
 
-def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig) -> dict[str, StartScores]:
-    """Greedy pass@1 (ID, OOD) and entropy of every start, as parallel Ray tasks."""
+def _score_key(model_dir: Path, evals: EvalSets, max_new_tokens: int, chat_template: ChatTemplate) -> str:
+    """sha256 over the checkpoint's weight files (the demo's models are a few MB) and what is scored."""
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    what = [evals.id_rows, evals.ood_rows, evals.entropy_rows, max_new_tokens, str(chat_template)]
+    h.update(json.dumps(what, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def evaluate_starts(starts: dict[str, Path], evals: EvalSets, cfg: DemoConfig,
+                    scores_dir: Path) -> dict[str, StartScores]:
+    """Greedy pass@1 (ID, OOD) and entropy of every start, as parallel Ray tasks (kept in
+    scores_dir/<start>.json)."""
     import ray
 
     task = ray.remote(num_cpus=0)(_score)  # the RL pools, started, hold the CPUs; one thread each
-    refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens, cfg.rejuvenation.chat_template)
+    refs = {s: task.remote(str(p), evals, cfg.eval.max_new_tokens, cfg.rejuvenation.chat_template,
+                           scores_dir / f"{s}.json")
             for s, p in starts.items()}
     scores = {s: ray.get(r) for s, r in refs.items()}
     return {s: StartScores(id_before=v["id"], ood_before=v["ood"], entropy_before=v["entropy"])
@@ -267,7 +292,8 @@ def _rl_and_score(rl_json: dict, evals: EvalSets, max_new_tokens: int, pool) -> 
     rcfg = RLConfig.model_validate(rl_json)
     layout = RunLayout(Path(rcfg.out))
     summary = _finished_or_run(rcfg, layout, pool)
-    scores = _score(str(summary.final_checkpoint), evals, max_new_tokens, rcfg.chat_template)
+    scores = _score(str(summary.final_checkpoint), evals, max_new_tokens, rcfg.chat_template,
+                    layout.root / "scores.json")
     steps = [r for r in layout.records() if "reward/mean" in r]
     return SeedRun(
         seed=rcfg.seed,
