@@ -131,3 +131,9 @@ def test_quick_demo_with_baselines_end_to_end(tmp_path):
         assert table.rows[name].steps == steps
     assert json.loads((out / "results.json").read_text())["baselines"] == json.loads(json.dumps(table.to_json()))
     assert (out / "baselines.png").stat().st_size > 0 and "entropy bonus" in (out / "baselines.md").read_text()
+    # every checkpoint's scores are kept beside it, the numbers of the tables (a re-run reads them back)
+    kept = json.loads((out / "rl" / "oversft_clip_higher" / "seed-0" / "scores.json").read_text())["scores"]
+    assert kept["id"] == table.rows["oversft_clip_higher"].per_seed[0].id_after
+    start = json.loads((out / "scores" / "oversft_rejuvenation.json").read_text())["scores"]
+    assert (start["id"], start["ood"]) == (results.table.rows[REFERENCE].id_before,
+                                           results.table.rows[REFERENCE].ood_before)
