@@ -36,7 +36,7 @@ from rayrejuv.commands.testbed.config import TinyWorldConfig
 from rayrejuv.config.prompts import ChatTemplate
 from rayrejuv.config.rl import GRPOConfig
 from rayrejuv.config.runtime import TrackingConfig
-from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.io.writer import atomic_write_text, file_sha256
 from rayrejuv.runs.cluster import ray_session
 from rayrejuv.runs.console import run_lines
 from rayrejuv.runs.directory import claim_run_dir
@@ -202,8 +202,9 @@ def _score(model_dir: str, evals: EvalSets, max_new_tokens: int, chat_template: 
     weights, eval sets and generation settings: a resumed demo, or `--baselines` after a demo, scores
     only what is new (1000 prompts per split: ~10 s a checkpoint on one core)."""
     key = _score_key(Path(model_dir), evals, max_new_tokens, chat_template)
-    if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-        return json.loads(cache.read_text())["scores"]
+    kept = json.loads(cache.read_text()) if cache.is_file() else None
+    if kept is not None and kept["key"] == key:
+        return kept["scores"]
     import torch
 
     from rayrejuv.models.evaluate import score_checkpoint
@@ -219,7 +220,7 @@ def _score_key(model_dir: Path, evals: EvalSets, max_new_tokens: int, chat_templ
     """sha256 over the checkpoint's weight files (the demo's models are a few MB) and what is scored."""
     h = hashlib.sha256()
     for f in sorted(model_dir.glob("*.safetensors")):
-        h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+        h.update(f"{f.name}:{file_sha256(f)}".encode())
     what = [evals.id_rows, evals.ood_rows, evals.entropy_rows, max_new_tokens, str(chat_template)]
     h.update(json.dumps(what, sort_keys=True).encode())
     return h.hexdigest()

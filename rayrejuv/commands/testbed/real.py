@@ -21,7 +21,6 @@ the steps it finished (base/, then sft/) and does the rest on the next run.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import torch
 
 from rayrejuv.commands.testbed.config import RealFixtureConfig
 from rayrejuv.errors import RejuvError
-from rayrejuv.io.writer import atomic_write_text
+from rayrejuv.io.writer import atomic_write_text, file_sha256
 from rayrejuv.runs.directory import RunDir, claim_run_dir
 from rayrejuv.testbed import real
 from rayrejuv.timing import PhaseTimer
@@ -143,14 +142,6 @@ def write_data(layout: RealLayout, cfg: RealFixtureConfig) -> dict[str, list[dic
     return rows
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ensure_base(layout: RealLayout, cfg: RealFixtureConfig) -> dict[str, Any]:
     from rayrejuv.testbed.gguf import convert_gguf, find_gguf, require_real_extra
 
@@ -163,7 +154,7 @@ def ensure_base(layout: RealLayout, cfg: RealFixtureConfig) -> dict[str, Any]:
         gguf = find_gguf(cfg.gguf, Path(tmp))
         note(f"converting {gguf.name} to a bf16 safetensors checkpoint in {layout.base} (~30 s on 2 cores)")
         convert_gguf(gguf, layout.base, torch.bfloat16)
-        return {"gguf": {"file": gguf.name, "sha256": _sha256(gguf)}}
+        return {"gguf": {"file": gguf.name, "sha256": file_sha256(gguf)}}
 
 
 def ensure_sft(layout: RealLayout, cfg: RealFixtureConfig, rows: list[dict[str, Any]], progress: bool) -> dict:
