@@ -5,11 +5,15 @@
    jobs/demo/micro-batched-world.yaml) vs 1 (one batch padded to its longest row: the default, whose
    floats the demo's findings were measured on).
 2. A GRPO learner update (the demo's model shape, 8 prompts x 8 samples with the world's prompt
-   lengths and ragged completions, one torch thread: a demo RL run holds one core): one group per
-   micro-batch, trimmed to its own widths, without gradient checkpointing (the demo's recipe) vs
-   the whole batch in one micro-batch with checkpointing (session 12's).
+   lengths and ragged completions, one torch thread: a demo RL run holds one core): the demo's
+   recipe (each group's prompt once, grpo.share_prompts; the step in one micro-batch; no gradient
+   checkpointing) vs one group per trimmed micro-batch without sharing (session 16's) and the whole
+   batch with checkpointing (session 12's).
+3. A rollout step's sampling (8 prompts x 8 samples, 48 new tokens at most, one thread): each
+   prompt's prefill once (share_prompts) vs generate's own prefill of every row.
 
-Both pairs compute the same step (tests/test_world_train.py, tests/test_rl_parts.py); the ratio
+Each pair computes the same step (tests/test_world_train.py, tests/test_rl_parts.py,
+tests/test_shared_prompts.py); the ratio
 is time(ours) / time(peer), medians over repeats, interleaved so drift hits both alike.
 
     .venv/bin/python benchmarks/bench_demo_steps.py [--repeats 9]
@@ -30,6 +34,7 @@ from rayrejuv.commands.testbed.driver import _new_model, _pretraining_rows
 from rayrejuv.config.rl import LearnerConfig
 from rayrejuv.data.calibration import tokenize_pairs
 from rayrejuv.distributed.learner import Learner
+from rayrejuv.models.logprobs import sample
 from rayrejuv.models.rollout import Rollout, left_pad
 from rayrejuv.testbed.tokenizer import build_char_tokenizer
 from rayrejuv.testbed.train import batch_order, micro_batches, response_loss
@@ -89,27 +94,48 @@ def main() -> None:
     print(f"pre-training step: micro_batches {MICRO_BATCHES} (ours) {ours:.3f} s; 1 (peer) {peer:.3f} s; "
           f"ratio ours/peer {ours / peer:.2f}")
 
-    torch.set_num_threads(1)  # a demo RL run's learner holds one core
+    torch.set_num_threads(1)  # a demo RL run's learner and rollout actor hold one core each
     from rayrejuv.commands.demo.config import GRPO_RECIPE, LEARNER_RECIPE
 
     g = GRPO_RECIPE
     b = rollout(tok, [70, 73, 71, 73, 89, 89, 81, 84], g.group_size)  # the world's `hard` prompts, rendered
+    recipes = {  # name: (micro_batch_size, share_prompts, gradient checkpointing)
+        "ours": (g.micro_batch_size, g.share_prompts, LEARNER_RECIPE.gradient_checkpointing),
+        "one group per micro-batch (session 16)": (g.group_size, False, False),
+        "whole batch, checkpointing (session 12)": (len(b), False, True),
+    }
     learners = {}
-    for name, micro, checkpointing in (("ours", g.micro_batch_size, LEARNER_RECIPE.gradient_checkpointing),
-                                       ("peer", len(b), True)):
-        grpo = g.model_copy(update={"micro_batch_size": micro})
+    for name, (micro, share, checkpointing) in recipes.items():
+        grpo = g.model_copy(update={"micro_batch_size": micro, "share_prompts": share})
         learners[name] = Learner(_new_model(world, tok), grpo, LearnerConfig(gradient_checkpointing=checkpointing),
                                  torch.device("cpu"))
         learners[name].update(b)  # warm-up
     updates: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(args.repeats):
-        for name, learner in learners.items():
+        for name, learner in learners.items():  # interleaved
             t0 = time.perf_counter()
             learner.update(b)
             updates[name].append(time.perf_counter() - t0)
-    ours, peer = (statistics.median(updates[k]) for k in ("ours", "peer"))
-    print(f"GRPO update: one group per trimmed micro-batch, no checkpointing (ours) {ours:.3f} s; whole batch, "
-          f"checkpointing (peer) {peer:.3f} s; ratio ours/peer {ours / peer:.2f}")
+    ours = statistics.median(updates["ours"])
+    print(f"GRPO update (ours: micro_batch_size {g.micro_batch_size}, share_prompts {g.share_prompts}, no "
+          f"checkpointing) {ours:.3f} s")
+    for name in list(recipes)[1:]:
+        peer = statistics.median(updates[name])
+        print(f"  peer {name}: {peer:.3f} s; ratio ours/peer {ours / peer:.2f}")
+
+    model = _new_model(world, tok).eval()
+    prompts = [b.prompt_ids[i][b.prompt_mask[i].bool()].tolist() for i in range(0, len(b), g.group_size)]
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.repeats + 1):
+        for share in samples:
+            t0 = time.perf_counter()
+            sample(model, tok, prompts, n=g.group_size, temperature=1.0, max_new_tokens=g.max_new_tokens, seed=r,
+                   share_prompts=share)
+            if r:  # the first round warms up
+                samples[share].append(time.perf_counter() - t0)
+    ours, peer = (statistics.median(samples[k]) for k in (True, False))
+    print(f"rollout sample, 8 prompts x {g.group_size}: shared prefill (ours) {ours:.3f} s; generate's own "
+          f"(peer) {peer:.3f} s; ratio ours/peer {ours / peer:.2f}")
 
 
 if __name__ == "__main__":

@@ -172,14 +172,21 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     assert (q.data.id_steps, q.data.id_max, q.data.sft_examples, q.train.pretrain_epochs) == (2, 20, 96, 1.0)
     g = cfg.rl.grpo
     assert (g.prompts_per_step, g.group_size, g.lr, g.beta, g.temperature, g.max_new_tokens, g.micro_batch_size) == (
-        8, 8, 3e-5, 0.0, 1.0, 48, 8)
+        8, 8, 3e-5, 0.0, 1.0, 48, 64)
+    assert g.share_prompts
     assert w.train.micro_batches == 1 and not cfg.rl.learner.gradient_checkpointing
     # a partial learner section keeps the recipe's other fields (no checkpointing)
     assert DemoConfig.model_validate({"rl": {"learner": {"workers": 1}}}).rl.learner == cfg.rl.learner
     r = cfg.rejuvenation
     assert (r.alpha, r.reset_ratio, r.omega, r.tokens_per_example) == (0.5, 0.01, 1.0, 8)
     assert (cfg.rl.steps, cfg.rl.concurrent) == (40, 2)
-    assert (cfg.eval.examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (1000, 64, 8)
+    assert (cfg.eval.examples, cfg.eval.entropy_examples, cfg.eval.diagnose_examples, cfg.eval.diagnose_k) == (
+        1000, 200, 64, 8)
+    with pytest.raises(RejuvError, match=r"eval.entropy_examples=300 is more than eval.examples=200"):
+        validate_config(DemoConfig, {"eval": {"examples": 200, "entropy_examples": 300}})
+    # shared prompts need the learner's gradient checkpointing off: refused when the config is read
+    with pytest.raises(RejuvError, match="grpo.share_prompts needs learner.gradient_checkpointing: false"):
+        validate_config(DemoConfig, {"rl": {"learner": {"gradient_checkpointing": True}}})
     # the demo cannot score more prompts than its world holds
     with pytest.raises(RejuvError, match=r"eval.examples=1000 is more than the world holds per eval split "
                                          r"\(world.data.eval_examples=200\): lower eval.examples or raise"):
@@ -194,7 +201,7 @@ def test_config_embeds_the_sections_it_drives_with_the_measured_recipe():
     assert other.rejuvenation == r.model_copy(update={"reset_ratio": 0.02})
     quick = validate_config(DemoConfig, QUICK).rl.grpo
     assert (quick.prompts_per_step, quick.group_size, quick.max_new_tokens, quick.lr, quick.beta) == (4, 4, 32, 3e-5, 0)
-    assert quick.micro_batch_size == 4  # one micro-batch per group
+    assert quick.micro_batch_size == 16  # the step in one micro-batch (4 prompts x 4 samples)
     given = DemoConfig.model_validate({"rl": {"grpo": {"prompts_per_step": 4, "micro_batch_size": 8}}})
     assert given.rl.grpo.micro_batch_size == 8
     with pytest.raises(RejuvError, match="rejuvenation.calibration: the demo calibrates the reset on its world's"):

@@ -78,6 +78,12 @@ class GRPOConfig(Config):
     updates_per_batch: int = Field(1, ge=1, description="policy updates (epochs) on each batch of rollouts")
     minibatches: int = Field(1, ge=1, description="optimizer steps per epoch over the batch")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward/backward on a learner worker")
+    share_prompts: bool = Field(
+        False, description="compute each group's prompt once, not G times: in the hf rollouts' prefill (its KV cache "
+        "copied to the G rows), the learner's forward and backward (the prompt's keys and values, with their "
+        "gradient, serve the G completions) and the reference's; the same function, for P + G x T tokens per "
+        "group instead of G x (P + T) (vLLM caches prefixes itself). Needs learner.gradient_checkpointing false"
+    )
     logprob_chunk_size: int = Field(
         256, ge=1, description="completion tokens per LM-head chunk when the learner and the reference compute "
         "log-probs: at most (chunk, vocab) float32 logits exist at once, never (micro batch x length, vocab)"
@@ -150,6 +156,12 @@ class LearnerConfig(Config):
         True, description="recompute each layer's activations in the backward (TRL's GRPO default): activation "
         "memory of one layer instead of all"
     )
+
+    def check_grpo(self, grpo: GRPOConfig) -> None:
+        """The GRPO step's options this learner must support."""
+        if grpo.share_prompts and self.gradient_checkpointing:
+            raise ValueError("grpo.share_prompts needs learner.gradient_checkpointing: false (a checkpointed layer "
+                             "recomputes its forward without the prompt's KV cache): set one of them off")
 
     def resolved_engine(self) -> Literal["ddp", "deepspeed"]:
         """The engine that trains: `auto` is DeepSpeed on GPUs, torch DDP (gloo) on CPU."""

@@ -275,7 +275,8 @@ class Learner:
         meter, parts = Meter(), []
         self.module.eval()
         for mb in self._micro(batch):
-            logp, entropy = score_completions(self.engine.model, mb, self.cfg.temperature)  # (n, T) each
+            logp, entropy = score_completions(self.engine.model, mb, self.cfg.temperature,
+                                              self.cfg.share_prompts)  # (n, T) each
             _sampled_stats(mb, logp, entropy, meter)
             parts.append(logp.cpu())
         self.module.train()
@@ -317,7 +318,8 @@ class Learner:
         for i, micro in enumerate(micros):
             n = len(micro)
             with self.engine.no_sync(last=i == len(micros) - 1):
-                logp, entropy = score_completions(self.engine.model, micro, g.temperature)  # (n, T), with grad
+                logp, entropy = score_completions(self.engine.model, micro, g.temperature,
+                                                  g.share_prompts)  # (n, T), with grad
                 if mb_old is None:
                     _sampled_stats(micro, logp.detach(), entropy.detach(), meter)
                 loss, stats = grpo_loss(

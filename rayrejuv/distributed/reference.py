@@ -37,12 +37,14 @@ class ReferenceWorker:
         self.micro = micro_batch_size
 
     @torch.no_grad()
-    def logprobs(self, batch: Rollout, temperature: float) -> torch.Tensor:
-        """(N, T) teacher-forced log-probs of the completions under the frozen model."""
+    def logprobs(self, batch: Rollout, temperature: float, share_prompts: bool = False) -> torch.Tensor:
+        """(N, T) teacher-forced log-probs of the completions under the frozen model (share_prompts: each
+        group's prompt run once, models.logprobs.CompletionScorer)."""
         from rayrejuv.models.logprobs import score_completions
 
         parts = [
-            score_completions(self.scorer, batch.select(slice(i, i + self.micro)).to(self.device), temperature)[0].cpu()
+            score_completions(self.scorer, batch.select(slice(i, i + self.micro)).to(self.device), temperature,
+                              share_prompts)[0].cpu()
             for i in range(0, len(batch), self.micro)
         ]
         if self.device.type == "cuda":  # free the chunks' logits blocks for a learner sharing the GPU

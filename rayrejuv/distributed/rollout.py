@@ -52,6 +52,7 @@ class HFRolloutWorker:
             sample(
                 self.model, self.tokenizer, prompts[i : i + b],
                 n=s.n, temperature=s.temperature, max_new_tokens=s.max_new_tokens, seed=s.seed + i,
+                share_prompts=s.share_prompts,
             )
             for i in range(0, len(prompts), b)
         ]

@@ -51,12 +51,16 @@ def generate(
     desc: str = "generate",
 ) -> list[list[str]]:
     """Completions (decoded, special tokens removed) for every prompt (token ids, encode_prompt's):
-    num_samples each."""
+    num_samples each, in the prompts' order. Batches are cut from the prompts sorted by length, so a
+    batch pads to prompts of its own length and stops with answers of similar length (measured on the
+    demo's 1000-prompt splits: see benchmarks/bench_eval.py)."""
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    out: list[list[str]] = []
-    for i in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, unit="batch", disable=not progress):
-        ids, attn = left_pad(prompt_ids[i : i + batch_size], pad_id(tokenizer))  # (B, P): continue at the right
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    texts_of: dict[int, list[str]] = {}
+    for i in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = order[i : i + batch_size]
+        ids, attn = left_pad([prompt_ids[j] for j in batch], pad_id(tokenizer))  # (B, P): continue at the right
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
@@ -70,8 +74,8 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-        out += [texts[j : j + num_samples] for j in range(0, len(texts), num_samples)]
-    return out
+        texts_of |= {j: texts[k * num_samples : (k + 1) * num_samples] for k, j in enumerate(batch)}
+    return [texts_of[j] for j in range(len(prompt_ids))]
 
 
 @dataclass

@@ -62,3 +62,11 @@ def pad_id(tokenizer) -> int:
         if tid is not None:
             return int(tid)
     return 0
+
+
+def cache_kwarg(model) -> str:
+    """The name under which a transformers model's forward and `generate` take a KV cache: `cache`
+    since the 5.2x rename (`past_key_values` then warns until 5.40), `past_key_values` before it."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

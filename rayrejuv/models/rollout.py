@@ -133,6 +133,7 @@ class Sampling:
     temperature: float
     max_new_tokens: int
     seed: int
+    share_prompts: bool = False  # hf: each prompt's prefill once for its n rows (vLLM caches prefixes itself)
 
     def with_seed(self, seed: int) -> Sampling:
         return replace(self, seed=seed)

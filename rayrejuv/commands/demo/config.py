@@ -40,11 +40,13 @@ WORLD_RECIPE = WorldSpec(model=TinyModelConfig(intermediate_size=256, num_layers
                          data=WorldDataConfig(id_steps=3, id_max=15, sft_examples=200, eval_examples=1000),
                          train=WorldTrainConfig(pretrain_epochs=2.5, sft_epochs=[*WorldTrainConfig().sft_epochs, 64]))
 REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, tokens_per_example=8)
-# A learner micro-batch is one group (its rows share a prompt: it pads to its own prompt and longest
-# completion, Rollout.trimmed); the tiny model's activations are small, so no gradient checkpointing.
-# Measured on one core, a step's forward and backward: 1.08 s (whole batch, checkpointing) -> 0.60 s.
+# Each group's prompt is computed once (share_prompts: in the rollouts' prefill and the learner's forward;
+# a prompt is ~85 tokens, a completion ~35) and the learner takes the step's 64 sequences in one
+# micro-batch; the tiny model's activations are small, so no gradient checkpointing. Measured on one
+# core, a step's forward and backward: 1.08 s (whole batch, checkpointing), 0.60 s (one group per
+# micro-batch), 0.23 s (shared prompts, one micro-batch): benchmarks/bench_demo_steps.py.
 GRPO_RECIPE = GRPOConfig(prompts_per_step=8, group_size=8, lr=3e-5, beta=0.0, temperature=1.0, max_new_tokens=48,
-                         micro_batch_size=8)
+                         micro_batch_size=64, share_prompts=True)
 LEARNER_RECIPE = LearnerConfig(gradient_checkpointing=False)
 
 
@@ -56,12 +58,12 @@ def _over_recipe(recipe: Config):
 
 
 def _grpo_over_recipe(given: Any) -> Any:
-    """As _over_recipe; and unless given, a micro-batch is one group (group_size sequences)."""
+    """As _over_recipe; and unless given, a micro-batch is the whole step (prompts_per_step x group_size)."""
     if not isinstance(given, dict):
         return given
     merged = _over_recipe(GRPO_RECIPE)(given)
     if "micro_batch_size" not in given:
-        merged["micro_batch_size"] = merged["group_size"]
+        merged["micro_batch_size"] = merged["prompts_per_step"] * merged["group_size"]
     return merged
 
 
@@ -87,11 +89,21 @@ class DemoRL(Config):
         description="Ray Train learner (DDP or DeepSpeed; defaults: the demo's recipe)",
     )
 
+    @model_validator(mode="after")
+    def _learner_supports_grpo(self) -> DemoRL:
+        self.learner.check_grpo(self.grpo)
+        return self
+
 
 class DemoEval(Config):
     examples: int = Field(
         1000, ge=1, description="prompts per eval split (greedy pass@1; at most world.data.eval_examples): at 1000 "
         "a seed's pass@1 has a standard error of at most 0.016"
+    )
+    entropy_examples: int = Field(
+        200, ge=1, description="eval_id prompt/response pairs the teacher-forced token entropy of a checkpoint "
+        "averages over (at most eval.examples): 200 pairs are ~6,800 response tokens, the mean within 0.001 of "
+        "1000 pairs' (measured on ModSFT and OverSFT), at a fifth of the time"
     )
     max_new_tokens: int = Field(48, ge=1, description="generation length")
     diagnose_k: int = Field(8, ge=1, description="k of the diagnosis' pass@k")
@@ -146,6 +158,9 @@ class DemoConfig(Config):
                 f"(world.data.eval_examples={self.world.data.eval_examples}): lower eval.examples or raise "
                 "world.data.eval_examples (another world directory; its weights are the same)"
             )
+        if self.eval.entropy_examples > self.eval.examples:
+            raise ValueError(f"eval.entropy_examples={self.eval.entropy_examples} is more than eval.examples="
+                             f"{self.eval.examples}: lower eval.entropy_examples")
         if not self.rungs.modsft_epoch < self.rungs.oversft_epoch:
             raise ValueError("rungs.modsft_epoch must be smaller than rungs.oversft_epoch")
         if self.rejuvenation.calibration is not None:
@@ -185,5 +200,5 @@ QUICK: dict[str, Any] = {
     },
     "rungs": {"modsft_epoch": 1.0, "oversft_epoch": 4.0},
     "rl": {"steps": 3, "grpo": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 32}},
-    "eval": {"examples": 24, "max_new_tokens": 32, "diagnose_k": 4, "diagnose_examples": 16},
+    "eval": {"examples": 24, "entropy_examples": 24, "max_new_tokens": 32, "diagnose_k": 4, "diagnose_examples": 16},
 }

