@@ -22,8 +22,6 @@ from rayrejuv.method.rewards import is_correct
 from rayrejuv.models.evaluate import generate
 from rayrejuv.models.loading import load_model, load_tokenizer
 
-BATCH = 256  # evaluate.score_checkpoint's
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -32,6 +30,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=1000)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=256, help="prompts per generate (score_checkpoint's 256)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ckpt = Checkpoint(args.world / args.checkpoint, role="evaluated")
@@ -42,10 +41,11 @@ def main() -> None:
 
     def ours(ids):
         return generate(model, tok, ids, num_samples=1, do_sample=False, max_new_tokens=args.max_new_tokens,
-                        batch_size=BATCH)
+                        batch_size=args.batch_size)
 
     def peer(ids):
-        return [t for i in range(0, len(ids), BATCH) for t in ours(ids[i : i + BATCH])]
+        b = args.batch_size
+        return [t for i in range(0, len(ids), b) for t in ours(ids[i : i + b])]
 
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     scores: dict[str, dict[str, float]] = {}

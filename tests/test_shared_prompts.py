@@ -136,4 +136,25 @@ def test_learner_step_with_shared_prompts_is_the_step_without(make_pair):
         for k in ("policy/entropy", "policy/grad_norm", "policy/pg_loss", "policy/update_norm"):
             assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), (key, k)
         for k in w_want:
-            torch.testing.assert_close(w_got[k], w_want[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{key} {k}: {m}")
+            torch.testing.assert_close(w_got[k], w_want[k], rtol=0, atol=1e-6,
+                                       msg=lambda m, k=k, key=key: f"{key} {k}: {m}")
+
+
+def test_generate_shares_each_prompts_prefill_among_its_samples(make_pair, tokenizer):
+    """evaluate.generate (pass@k samples, the hf backend's `complete`): the same texts with the
+    shared prefill as with generate's own expansion, in the prompts' order whatever their lengths."""
+    from transformers import AutoModelForCausalLM
+
+    from rayrejuv.models.evaluate import generate
+
+    _, sft = make_pair("llama")
+    model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32).eval()
+    prompts = [[5, 9, 7, 11, 6], [8, 12], [7, 7, 9], [10, 4, 6, 9]]
+    kw = {"num_samples": 3, "do_sample": True, "temperature": 1.0, "max_new_tokens": 7, "batch_size": 2, "seed": 4}
+    shared = generate(model, tokenizer, prompts, **kw)
+    assert shared == generate(model, tokenizer, prompts, **kw, share_prompts=False)
+    assert [len(t) for t in shared] == [3, 3, 3, 3] and len({t for ts in shared for t in ts}) > 4
+    # greedy, one at a time and in one batch: each prompt's completion, in order
+    greedy = generate(model, tokenizer, prompts, num_samples=1, do_sample=False, max_new_tokens=7, batch_size=4)
+    one_by_one = [generate(model, tokenizer, [p], num_samples=1, do_sample=False, max_new_tokens=7)[0] for p in prompts]
+    assert greedy == one_by_one

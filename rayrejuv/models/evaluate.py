@@ -49,11 +49,15 @@ def generate(
     seed: int = 0,
     progress: bool = False,
     desc: str = "generate",
+    share_prompts: bool = True,
 ) -> list[list[str]]:
     """Completions (decoded, special tokens removed) for every prompt (token ids, encode_prompt's):
     num_samples each, in the prompts' order. Batches are cut from the prompts sorted by length, so a
     batch pads to prompts of its own length and stops with answers of similar length (measured on the
-    demo's 1000-prompt splits: see benchmarks/bench_eval.py)."""
+    demo's 1000-prompt splits: see benchmarks/bench_eval.py). With num_samples > 1 and share_prompts,
+    each prompt's prefill runs once for its samples (models.logprobs.prefilled; the same samples)."""
+    from rayrejuv.models.logprobs import generate_inputs
+
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
@@ -62,11 +66,9 @@ def generate(
         batch = order[i : i + batch_size]
         ids, attn = left_pad([prompt_ids[j] for j in batch], pad_id(tokenizer))  # (B, P): continue at the right
         gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=attn.to(device),
+            **generate_inputs(model, ids.to(device), attn.to(device), num_samples, share_prompts),
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            num_return_sequences=num_samples,
             temperature=temperature if do_sample else None,
             top_p=1.0 if do_sample else None,
             top_k=0 if do_sample else None,

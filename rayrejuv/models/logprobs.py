@@ -34,15 +34,10 @@ def sample(
     ids, attn = ids.to(device), attn.to(device)  # (R, P)
     from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
-    if share_prompts and n > 1 and ids.shape[1] > 1:
-        inputs = {"input_ids": ids.repeat_interleave(n, dim=0), "attention_mask": attn.repeat_interleave(n, dim=0),
-                  cache_kwarg(model): prefilled(model, ids, attn, n), "num_return_sequences": 1}
-    else:
-        inputs = {"input_ids": ids, "attention_mask": attn, "num_return_sequences": n}
     recorder = SampledLogprobs()
     torch.manual_seed(seed)
     sequences = model.generate(
-        **inputs,
+        **generate_inputs(model, ids, attn, n, share_prompts),
         do_sample=True,
         temperature=1.0,  # the warper below divides, so the recorder sees logits / temperature
         logits_processor=LogitsProcessorList([TemperatureLogitsWarper(temperature), recorder]),
@@ -65,6 +60,16 @@ def sample(
         texts=tokenizer.batch_decode(completion, skip_special_tokens=True),
         group=torch.arange(len(prompt_ids)).repeat_interleave(n),
     )
+
+
+def generate_inputs(model, ids: torch.Tensor, attn: torch.Tensor, n: int, share_prompts: bool) -> dict:
+    """generate's inputs for n completions of each prompt (ids, attn: (R, P), left-padded): with
+    share_prompts (and n > 1) the rows repeated (N = R x n) and each prompt's prefill done once
+    (prefilled); else generate's own expansion, which runs the prefill of every row."""
+    if share_prompts and n > 1 and ids.shape[1] > 1:
+        return {"input_ids": ids.repeat_interleave(n, dim=0), "attention_mask": attn.repeat_interleave(n, dim=0),
+                cache_kwarg(model): prefilled(model, ids, attn, n), "num_return_sequences": 1}
+    return {"input_ids": ids, "attention_mask": attn, "num_return_sequences": n}
 
 
 def prefilled(model, ids: torch.Tensor, attn: torch.Tensor, n: int):
