@@ -79,8 +79,8 @@ def prefilled(model, ids: torch.Tensor, attn: torch.Tensor, n: int):
 
     cache = DynamicCache(config=model.config)
     body = model.base_model  # the hidden states only: no (R, P, V) logits
-    body(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=(attn[:, :-1].cumsum(1) - 1).clamp(min=0),
-         use_cache=True, **{cache_kwarg(body): cache})
+    body(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions(attn[:, :-1]), use_cache=True,
+         **{cache_kwarg(body): cache})
     cache.batch_repeat_interleave(n)
     return cache
 
@@ -178,23 +178,27 @@ class CompletionScorer(torch.nn.Module):
         P, model = prompt_ids.shape[1], self.lm.base_model
         cache = DynamicCache(config=self.lm.config)
         kv = {cache_kwarg(model): cache}
-        prefix = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                       position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **kv)  # (R, P, H)
+        prefix = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+                       use_cache=True, **kv)  # (R, P, H)
         cache.batch_select_indices(prompt_of_row)  # (R, ..., P, d) -> (N, ..., P, d): each row its prompt's
-        full = _teacher_forced(prompt_ids[prompt_of_row], prompt_mask[prompt_of_row], completion_ids, completion_mask)
-        out = model(input_ids=completion_ids, attention_mask=full["attention_mask"],
-                    position_ids=full["position_ids"][:, P:], use_cache=True, **kv)  # (N, T, H)
+        attn = torch.cat([prompt_mask[prompt_of_row], completion_mask], dim=1)  # (N, P+T)
+        out = model(input_ids=completion_ids, attention_mask=attn, position_ids=positions(attn)[:, P:], use_cache=True,
+                    **kv)  # (N, T, H)
         first = prefix.last_hidden_state[prompt_of_row, -1:]  # (N, 1, H): a prompt's last state predicts token 0
         return torch.cat([first, out.last_hidden_state[:, :-1]], dim=1)
 
 
+def positions(attn: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows (N, L) -> (N, L): counted from each row's first real token, as
+    generate counts them (padding at 0)."""
+    return (attn.cumsum(1) - 1).clamp(min=0)
+
+
 def _teacher_forced(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask, position_ids of prompt + completion (N, P+T)."""
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     attn = torch.cat([prompt_mask, completion_mask], dim=1)
-    # Left-padded prompts: positions count from the first real token, as generate does.
-    position_ids = (attn.cumsum(1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": attn, "position_ids": position_ids}
+    return {"input_ids": torch.cat([prompt_ids, completion_ids], dim=1), "attention_mask": attn,
+            "position_ids": positions(attn)}
 
 
 def prompt_runs(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +211,8 @@ def prompt_runs(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     starts[1:] = group[1:] != group[:-1]
     first, run = starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1  # (R,), (N,)
     for name in ("prompt_ids", "prompt_mask"):
-        x = getattr(rollout, name).cpu()
-        if not torch.equal(x, x[first][run]):
+        x = getattr(rollout, name)  # checked where it lives: no copy to the host on the learner's hot path
+        if not torch.equal(x, x[first.to(x.device)][run.to(x.device)]):
             raise RejuvError(f"shared prompts: rows of one group hold different {name}; the batch's `group` must "
                              "name the prompt each row answers (grpo.share_prompts: false scores rows on their own)")
     return first, run

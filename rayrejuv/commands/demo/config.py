@@ -43,8 +43,8 @@ REJUVENATION_RECIPE = ResetSearchConfig(alpha=0.5, reset_ratio=0.01, omega=1.0, 
 # Each group's prompt is computed once (share_prompts: in the rollouts' prefill and the learner's forward;
 # a prompt is ~85 tokens, a completion ~35) and the learner takes the step's 64 sequences in one
 # micro-batch; the tiny model's activations are small, so no gradient checkpointing. Measured on one
-# core, a step's forward and backward: 1.08 s (whole batch, checkpointing), 0.60 s (one group per
-# micro-batch), 0.23 s (shared prompts, one micro-batch): benchmarks/bench_demo_steps.py.
+# core (session 17), a learner update: 0.953 s (whole batch, checkpointing), 0.664 s (one group per
+# micro-batch), 0.315 s (shared prompts, one micro-batch): benchmarks/bench_demo_steps.py.
 GRPO_RECIPE = GRPOConfig(prompts_per_step=8, group_size=8, lr=3e-5, beta=0.0, temperature=1.0, max_new_tokens=48,
                          micro_batch_size=64, share_prompts=True)
 LEARNER_RECIPE = LearnerConfig(gradient_checkpointing=False)
